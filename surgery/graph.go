@@ -1,0 +1,380 @@
+// Package surgery indexes an ONNX graph for reading and rewriting, and finds the parts
+// of a vision transformer in it whatever exporter wrote it.
+//
+// A Graph knows the producer and consumers of every value and the initializers, sees
+// through the Identity nodes that exporters put in front of de-duplicated initializers,
+// adds nodes and initializers under unique names, removes dead nodes and sorts the
+// nodes topologically. FindViT reads the transformer's structure (blocks, their q, k,
+// v, attention-output, fc1 and fc2 linear layers, LayerNorms, embeddings and head) from
+// the op pattern between LayerNorms, not from names.
+package surgery
+
+import (
+	"fmt"
+	"sort"
+	"strconv"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/sptctl/sptctl/onnxio/onnxpb"
+)
+
+// Graph is an index over an ONNX model's main graph. Its methods keep the index up to
+// date; after changing the protobuf directly, call Reindex.
+type Graph struct {
+	Model     *onnxpb.ModelProto
+	producer  map[string]*onnxpb.NodeProto
+	consumers map[string][]*onnxpb.NodeProto
+	inits     map[string]*onnxpb.TensorProto
+	used      map[string]bool // every node and value name, for UniqueName
+}
+
+// New indexes m's graph. The graph is shared, not copied.
+func New(m *onnxpb.ModelProto) *Graph {
+	g := &Graph{Model: m}
+	g.Reindex()
+	return g
+}
+
+// Proto is the indexed GraphProto.
+func (g *Graph) Proto() *onnxpb.GraphProto { return g.Model.GetGraph() }
+
+// Nodes are the graph's nodes in file order.
+func (g *Graph) Nodes() []*onnxpb.NodeProto { return g.Proto().GetNode() }
+
+// Reindex rebuilds the index from the protobuf.
+func (g *Graph) Reindex() {
+	gp := g.Proto()
+	g.producer = map[string]*onnxpb.NodeProto{}
+	g.consumers = map[string][]*onnxpb.NodeProto{}
+	g.inits = map[string]*onnxpb.TensorProto{}
+	g.used = map[string]bool{}
+	for _, t := range gp.GetInitializer() {
+		g.inits[t.GetName()] = t
+		g.used[t.GetName()] = true
+	}
+	for _, v := range gp.GetInput() {
+		g.used[v.GetName()] = true
+	}
+	for _, v := range gp.GetOutput() {
+		g.used[v.GetName()] = true
+	}
+	for _, n := range gp.GetNode() {
+		g.indexNode(n)
+	}
+}
+
+func (g *Graph) indexNode(n *onnxpb.NodeProto) {
+	g.used[n.GetName()] = true
+	for _, in := range n.Input {
+		if in != "" && !containsNode(g.consumers[in], n) {
+			g.consumers[in] = append(g.consumers[in], n)
+		}
+		g.used[in] = true
+	}
+	for _, out := range n.Output {
+		if out != "" {
+			g.producer[out] = n
+			g.used[out] = true
+		}
+	}
+}
+
+func containsNode(ns []*onnxpb.NodeProto, n *onnxpb.NodeProto) bool {
+	for _, m := range ns {
+		if m == n {
+			return true
+		}
+	}
+	return false
+}
+
+// Producer is the node whose output is value, or nil (graph input, initializer).
+func (g *Graph) Producer(value string) *onnxpb.NodeProto { return g.producer[value] }
+
+// Consumers are the nodes that read value, in file order.
+func (g *Graph) Consumers(value string) []*onnxpb.NodeProto { return g.consumers[value] }
+
+// IsOutput reports whether value is a graph output.
+func (g *Graph) IsOutput(value string) bool {
+	for _, o := range g.Proto().GetOutput() {
+		if o.GetName() == value {
+			return true
+		}
+	}
+	return false
+}
+
+// Initializer is the initializer named name, or nil.
+func (g *Graph) Initializer(name string) *onnxpb.TensorProto { return g.inits[name] }
+
+// Source follows value back through Identity nodes to where it comes from: the name
+// of an initializer (for a de-duplicated initializer's alias) or of the first value
+// that is not an Identity's output.
+func (g *Graph) Source(value string) string {
+	for i := 0; i < 64; i++ { // bounded: a malformed graph may have an Identity cycle
+		p := g.producer[value]
+		if p == nil || p.GetOpType() != "Identity" || len(p.Input) == 0 {
+			return value
+		}
+		value = p.Input[0]
+	}
+	return value
+}
+
+// Const returns the constant tensor that value holds, through Identity aliases: an
+// initializer or the value of a Constant node. Nil if value is computed at run time.
+func (g *Graph) Const(value string) *onnxpb.TensorProto {
+	src := g.Source(value)
+	if t := g.inits[src]; t != nil {
+		return t
+	}
+	if p := g.producer[src]; p != nil && p.GetOpType() == "Constant" {
+		for _, a := range p.Attribute {
+			if a.GetName() == "value" && a.T != nil {
+				return a.T
+			}
+		}
+	}
+	return nil
+}
+
+// UniqueName returns base if no node or value uses it yet, else base_2, base_3, ...
+// The name is reserved.
+func (g *Graph) UniqueName(base string) string {
+	name := base
+	for i := 2; g.used[name]; i++ {
+		name = base + "_" + strconv.Itoa(i)
+	}
+	g.used[name] = true
+	return name
+}
+
+// AddInitializer adds t, renaming it if its name is taken; it returns the name used.
+func (g *Graph) AddInitializer(t *onnxpb.TensorProto) string {
+	if g.used[t.GetName()] {
+		t.Name = proto.String(g.UniqueName(t.GetName()))
+	}
+	g.used[t.GetName()] = true
+	g.inits[t.GetName()] = t
+	gp := g.Proto()
+	gp.Initializer = append(gp.Initializer, t)
+	return t.GetName()
+}
+
+// AddNode appends a node named (uniquely) after name, reading inputs and writing one
+// output per entry of outputs, each also made unique. It returns the node; its
+// outputs hold the names used. Call TopoSort after a rewrite to restore the order.
+func (g *Graph) AddNode(op, name string, inputs, outputs []string, attrs ...*onnxpb.AttributeProto) *onnxpb.NodeProto {
+	n := &onnxpb.NodeProto{OpType: proto.String(op), Name: proto.String(g.UniqueName(name)), Input: append([]string(nil), inputs...), Attribute: attrs}
+	for _, o := range outputs {
+		n.Output = append(n.Output, g.UniqueName(o))
+	}
+	gp := g.Proto()
+	gp.Node = append(gp.Node, n)
+	g.indexNode(n)
+	return n
+}
+
+// SetInput makes n read value as its i-th input.
+func (g *Graph) SetInput(n *onnxpb.NodeProto, i int, value string) {
+	old := n.Input[i]
+	n.Input[i] = value
+	if !containsString(n.Input, old) {
+		cs := g.consumers[old]
+		for j, c := range cs {
+			if c == n {
+				g.consumers[old] = append(cs[:j:j], cs[j+1:]...)
+				break
+			}
+		}
+	}
+	if !containsNode(g.consumers[value], n) {
+		g.consumers[value] = append(g.consumers[value], n)
+	}
+	g.used[value] = true
+}
+
+// ReplaceUses makes every consumer of old except those in keep read value instead,
+// and renames a graph output old to value.
+func (g *Graph) ReplaceUses(old, value string, keep ...*onnxpb.NodeProto) {
+	for _, c := range append([]*onnxpb.NodeProto(nil), g.consumers[old]...) {
+		if containsNode(keep, c) {
+			continue
+		}
+		for i, in := range c.Input {
+			if in == old {
+				g.SetInput(c, i, value)
+			}
+		}
+	}
+}
+
+func containsString(ss []string, s string) bool {
+	for _, x := range ss {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+// RemoveDeadNodes removes nodes none of whose outputs is read or is a graph output,
+// repeatedly, then initializers no node reads. It returns the number of nodes removed.
+func (g *Graph) RemoveDeadNodes() int {
+	gp := g.Proto()
+	outputs := map[string]bool{}
+	for _, o := range gp.GetOutput() {
+		outputs[o.GetName()] = true
+	}
+	removed := 0
+	for {
+		live := map[string]bool{}
+		for k := range outputs {
+			live[k] = true
+		}
+		for _, n := range gp.Node {
+			for _, in := range n.Input {
+				live[in] = true
+			}
+		}
+		kept := gp.Node[:0]
+		changed := false
+		for _, n := range gp.Node {
+			alive := false
+			for _, o := range n.Output {
+				if live[o] {
+					alive = true
+				}
+			}
+			if alive {
+				kept = append(kept, n)
+			} else {
+				changed = true
+				removed++
+			}
+		}
+		gp.Node = kept
+		if !changed {
+			break
+		}
+	}
+	read := map[string]bool{}
+	for _, n := range gp.Node {
+		for _, in := range n.Input {
+			read[in] = true
+		}
+	}
+	for k := range outputs {
+		read[k] = true
+	}
+	inits := gp.Initializer[:0]
+	for _, t := range gp.Initializer {
+		if read[t.GetName()] {
+			inits = append(inits, t)
+		}
+	}
+	gp.Initializer = inits
+	// Graph inputs that double as initializers (IR < 4 style) go with them.
+	g.Reindex()
+	return removed
+}
+
+// TopoSort orders the nodes so that every node comes after the producers of its
+// inputs, keeping the file order wherever it is already valid.
+func (g *Graph) TopoSort() error {
+	gp := g.Proto()
+	avail := map[string]bool{"": true}
+	for _, t := range gp.Initializer {
+		avail[t.GetName()] = true
+	}
+	for _, v := range gp.Input {
+		avail[v.GetName()] = true
+	}
+	pending := append([]*onnxpb.NodeProto(nil), gp.Node...)
+	order := make([]*onnxpb.NodeProto, 0, len(pending))
+	for len(pending) > 0 {
+		next := pending[:0]
+		progress := false
+		for _, n := range pending {
+			ready := true
+			for _, in := range n.Input {
+				if !avail[in] && g.producer[in] != nil {
+					ready = false
+					break
+				}
+			}
+			if ready {
+				order = append(order, n)
+				for _, o := range n.Output {
+					avail[o] = true
+				}
+				progress = true
+			} else {
+				next = append(next, n)
+			}
+		}
+		pending = next
+		if !progress {
+			names := make([]string, 0, len(pending))
+			for _, n := range pending {
+				names = append(names, n.GetName())
+			}
+			sort.Strings(names)
+			return fmt.Errorf("graph has a cycle through nodes %v", names)
+		}
+	}
+	gp.Node = order
+	return nil
+}
+
+// Attribute helpers.
+
+// Attr returns n's attribute name, or nil.
+func Attr(n *onnxpb.NodeProto, name string) *onnxpb.AttributeProto {
+	for _, a := range n.GetAttribute() {
+		if a.GetName() == name {
+			return a
+		}
+	}
+	return nil
+}
+
+// AttrInt returns an INT attribute, or def if n has none.
+func AttrInt(n *onnxpb.NodeProto, name string, def int64) int64 {
+	if a := Attr(n, name); a != nil {
+		return a.GetI()
+	}
+	return def
+}
+
+// AttrInts returns an INTS attribute, or nil.
+func AttrInts(n *onnxpb.NodeProto, name string) []int64 {
+	if a := Attr(n, name); a != nil {
+		return a.GetInts()
+	}
+	return nil
+}
+
+// AttrFloat returns a FLOAT attribute, or def.
+func AttrFloat(n *onnxpb.NodeProto, name string, def float32) float32 {
+	if a := Attr(n, name); a != nil {
+		return a.GetF()
+	}
+	return def
+}
+
+// IntAttr makes an INT attribute.
+func IntAttr(name string, v int64) *onnxpb.AttributeProto {
+	return &onnxpb.AttributeProto{Name: proto.String(name), Type: onnxpb.AttributeProto_INT.Enum(), I: proto.Int64(v)}
+}
+
+// IntsAttr makes an INTS attribute.
+func IntsAttr(name string, v ...int64) *onnxpb.AttributeProto {
+	return &onnxpb.AttributeProto{Name: proto.String(name), Type: onnxpb.AttributeProto_INTS.Enum(), Ints: v}
+}
+
+// FloatAttr makes a FLOAT attribute.
+func FloatAttr(name string, v float32) *onnxpb.AttributeProto {
+	return &onnxpb.AttributeProto{Name: proto.String(name), Type: onnxpb.AttributeProto_FLOAT.Enum(), F: proto.Float32(v)}
+}
