@@ -26,6 +26,9 @@ type SaveOptions struct {
 	// Align pads each tensor's offset in the side file to a multiple of Align bytes
 	// (default 64), so readers can map tensors without copying.
 	Align int
+	// Limit is the protobuf size above which the data goes to a side file even when
+	// ExternalData is empty (default MaxProtoSize).
+	Limit int
 }
 
 // Save writes m to path (atomically), inline unless it is too large for one protobuf.
@@ -44,7 +47,10 @@ func SaveWith(path string, m *onnxpb.ModelProto, opt SaveOptions) error {
 	if opt.Align <= 0 {
 		opt.Align = 64
 	}
-	if opt.ExternalData == "" && proto.Size(m) > MaxProtoSize {
+	if opt.Limit <= 0 {
+		opt.Limit = MaxProtoSize
+	}
+	if opt.ExternalData == "" && proto.Size(m) > opt.Limit {
 		opt.ExternalData = filepath.Base(path) + ".data"
 	}
 	if opt.ExternalData != "" {
