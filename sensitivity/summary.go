@@ -37,14 +37,14 @@ func LayerEntries(l *surgery.Linear, weight []float32) []float32 {
 // each of its six layers (q, k, v, proj, fc1, fc2), the share of the layer's weights
 // that are among the top Top fraction of all block weights and vectors.
 type Summary struct {
-	Top   float64      `json:"top"`
-	Kinds []string     `json:"layers"`
-	Share [][]float64  `json:"share"`  // [block][layer]: sensitive / weights of the layer
-	Count [][]int      `json:"count"`  // [block][layer]: sensitive entries
-	Block []float64    `json:"blocks"` // per block: share of its weights (matrices and vectors)
-	Kind  []float64    `json:"kinds"`  // per layer type over all blocks
-	Total int          `json:"sensitive"`
-	Of    int          `json:"candidates"`
+	Top   float64     `json:"top"`
+	Kinds []string    `json:"layers"`
+	Share [][]float64 `json:"share"`  // [block][layer]: sensitive / weights of the layer
+	Count [][]int     `json:"count"`  // [block][layer]: sensitive entries
+	Block []float64   `json:"blocks"` // per block: share of its weights (matrices and vectors)
+	Kind  []float64   `json:"kinds"`  // per layer type over all blocks
+	Total int         `json:"sensitive"`
+	Of    int         `json:"candidates"`
 }
 
 // Summarize computes the Summary of scores (one []float32 per initializer name) for

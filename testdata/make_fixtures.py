@@ -307,15 +307,33 @@ FIXTURES = [
     ("timm_op17", "timm", 17, None, True, 3, 32, 8, 32, 4, 128),
     ("timm_op14", "timm", 14, 2, True, 1, 28, 7, 32, 2, 64),
     ("hf_op17", "hf", 17, None, True, 3, 32, 8, 48, 4, 96),
+    ("tv_op17_alias", "torchvision", 17, None, True, 1, 28, 7, 32, 2, 64),
 ]
+# Fixtures that keep the module's own initialization (torchvision's: zero biases, unit
+# LayerNorm scales, zero class token) instead of the noise that build() adds, so the
+# exporter de-duplicates the identical tensors into one initializer each and re-exposes
+# them through Identity nodes. Only the head weight is made non-zero.
+DEFAULT_INIT = {"tv_op17_alias"}
 CLASSES = 10
 BLOCKS = 2
 
 
-def build(style, channels, image, patch, dim, heads, mlp):
+def build(style, channels, image, patch, dim, heads, mlp, default_init=False):
     if style == "torchvision":
         m = torchvision_vit(channels, image, patch, dim, heads, mlp, CLASSES)
         head = m.heads.head
+        if default_init:
+            with torch.no_grad():
+                # The replaced 1-channel patch embedding gets torchvision's own
+                # conv_proj init (VisionTransformer.__init__), zero bias included.
+                c = m.conv_proj
+                fan_in = c.in_channels * c.kernel_size[0] * c.kernel_size[1]
+                nn.init.trunc_normal_(c.weight, std=math.sqrt(1 / fan_in))
+                nn.init.zeros_(c.bias)
+                # torchvision zero-inits the head: make its weight non-zero, keep its
+                # zero bias (one more alias of the shared zero tensor).
+                nn.init.normal_(head.weight, std=0.02)
+            return m
     elif style == "timm":
         m = TimmViT(channels, image, patch, dim, heads, mlp, CLASSES)
         head = m.head
@@ -355,7 +373,7 @@ def layer_list(dim, mlp, fused):
 def make(idx, spec):
     name, style, opset, batch, folding, ch, image, patch, dim, heads, mlp = spec
     torch.manual_seed(1000 + idx)
-    m = build(style, ch, image, patch, dim, heads, mlp).eval()
+    m = build(style, ch, image, patch, dim, heads, mlp, default_init=name in DEFAULT_INIT).eval()
     # Parameters keep requires_grad=True and export runs with grad enabled, as when a
     # user exports a model: otherwise nn.MultiheadAttention takes its fast path
     # (aten::_native_multi_head_attention), which the exporter cannot write.
