@@ -6,6 +6,7 @@ import "github.com/urfave/cli/v2"
 func commands() []*cli.Command {
 	cmds := []*cli.Command{
 		inspectCommand(),
+		dataCommand(),
 	}
 	for _, c := range cmds {
 		markUsageErrors(c)
