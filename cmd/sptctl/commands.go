@@ -7,6 +7,8 @@ func commands() []*cli.Command {
 	cmds := []*cli.Command{
 		inspectCommand(),
 		dataCommand(),
+		allocateCommand(),
+		injectCommand(),
 	}
 	for _, c := range cmds {
 		markUsageErrors(c)

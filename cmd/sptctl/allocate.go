@@ -1,0 +1,149 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/sptctl/sptctl/inject"
+	"github.com/sptctl/sptctl/onnxio"
+	"github.com/sptctl/sptctl/sensitivity"
+	"github.com/sptctl/sptctl/surgery"
+)
+
+func allocateCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "allocate",
+		Usage: "spend a trainable-parameter budget where the weights are most sensitive",
+		Description: "allocate ranks every block weight by sensitivity and finds the sensitive-set size\n" +
+			"whose allocation is closest to --budget: LoRA or Adapter modules on matrices with\n" +
+			"many sensitive entries (at least cost/alpha), sparse deltas on the others, whole\n" +
+			"vectors where at least dim/beta entries are sensitive; the new head and the class\n" +
+			"token are counted. --strategy picks a baseline instead (no scores needed).",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "model", Usage: "base model (ONNX)", Required: true},
+			&cli.StringFlag{Name: "scores", Usage: "sensitivity scores from `sptctl sensitivity` (needed by --strategy spt)"},
+			&cli.StringFlag{Name: "budget", Usage: "trainable parameters: a count (400000, 0.4M, 400k) or a share of the backbone (0.5%); spt only, baselines have fixed sizes", Value: "0.4M"},
+			&cli.StringFlag{Name: "type", Usage: "structured module: lora | adapter", Value: "lora"},
+			&cli.IntFlag{Name: "rank", Usage: "rank of the LoRA / Adapter modules", Value: 8},
+			&cli.Float64Flag{Name: "alpha", Usage: "a matrix gets a module if its sensitive entries ≥ module cost / alpha", Value: 10},
+			&cli.Float64Flag{Name: "beta", Usage: "a vector is tuned whole if its sensitive entries ≥ size / beta", Value: 5},
+			&cli.StringFlag{Name: "strategy", Usage: "spt | lora-qv | uniform | bitfit | linear | full", Value: "spt"},
+			&cli.IntFlag{Name: "classes", Usage: "task classes (default: from the scores, else the model's head)"},
+			&cli.StringFlag{Name: "out", Usage: "plan file to write", Value: "plan.json"},
+			&cli.BoolFlag{Name: "json", Usage: "print the summary as JSON"},
+		},
+		Action: func(c *cli.Context) error {
+			path := c.String("model")
+			m, err := onnxio.Load(path)
+			if err != nil {
+				return err
+			}
+			g := surgery.New(m)
+			v, err := surgery.FindViT(g)
+			if err != nil {
+				return fmt.Errorf("%s: %w", path, err)
+			}
+			opt := inject.DefaultOptions()
+			opt.Type, opt.Strategy = inject.Type(c.String("type")), inject.Strategy(c.String("strategy"))
+			opt.Rank, opt.Alpha, opt.Beta, opt.Classes = c.Int("rank"), c.Float64("alpha"), c.Float64("beta"), c.Int("classes")
+			if opt.Strategy == inject.SPT || c.IsSet("budget") {
+				if opt.Budget, err = inject.ParseBudget(c.String("budget"), inject.BackboneParams(v, g)); err != nil {
+					return usagef("--budget: %v", err)
+				}
+			}
+			var scores inject.Scores
+			if sp := c.String("scores"); sp != "" {
+				s, info, err := sensitivity.Read(sp)
+				if err != nil {
+					return err
+				}
+				if err := info.CheckModel(path, m); err != nil {
+					return fmt.Errorf("%s: %w", sp, err)
+				}
+				scores = s
+				if opt.Classes == 0 {
+					opt.Classes = info.Classes
+				} else if opt.Classes != info.Classes {
+					fmt.Fprintf(c.App.ErrWriter, "warning: --classes %d, but the scores were taken with a %d-class head\n", opt.Classes, info.Classes)
+				}
+				opt.HeadSeed = info.HeadSeed
+			} else if opt.Strategy == inject.SPT {
+				return usagef("allocate: --scores is needed for --strategy spt (run `sptctl sensitivity` first)")
+			}
+			p, err := inject.Allocate(v, g, scores, opt)
+			if err != nil {
+				return err
+			}
+			if err := inject.SavePlan(c.String("out"), p); err != nil {
+				return err
+			}
+			fmt.Fprintf(c.App.ErrWriter, "wrote %s\n", c.String("out"))
+			if c.Bool("json") {
+				return writeJSON(c.App.Writer, p.Summary())
+			}
+			printPlan(c.App.Writer, p)
+			return nil
+		},
+	}
+}
+
+// printPlan writes a plan as a block × layer table of modes and parameter counts.
+func printPlan(w io.Writer, p *inject.Plan) {
+	kinds := surgery.BlockKinds
+	cell := map[string]string{}
+	for _, l := range p.Layers {
+		s := l.Mode
+		if l.Rank > 0 {
+			s += fmt.Sprintf("-%d", l.Rank)
+		}
+		if l.Mode == inject.ModeSparse || len(l.Indices) > 0 && l.Mode != inject.ModeSparse {
+			s += fmt.Sprintf(" %s", commas(l.Params))
+		}
+		cell[l.Name] = s
+	}
+	vecs := make([]int, p.Blocks)
+	vecParams := make([]int64, p.Blocks)
+	for _, vp := range p.Vectors {
+		if vp.Block >= 0 && vp.Block < p.Blocks {
+			vecs[vp.Block]++
+			vecParams[vp.Block] += vp.Params
+		}
+	}
+	fmt.Fprintf(w, "strategy %s, type %s, rank %d\n\n", p.Options.Strategy, p.Options.Type, p.Options.Rank)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprint(tw, "block\t")
+	for _, k := range kinds {
+		fmt.Fprintf(tw, "%s\t", k)
+	}
+	fmt.Fprintln(tw, "vectors\t")
+	for b := 0; b < p.Blocks; b++ {
+		fmt.Fprintf(tw, "%d\t", b)
+		for _, k := range kinds {
+			s := cell[fmt.Sprintf("blocks.%d.%s", b, k)]
+			if s == "" {
+				s = "-"
+			}
+			fmt.Fprintf(tw, "%s\t", s)
+		}
+		fmt.Fprintf(tw, "%d (%s)\t\n", vecs[b], commas(vecParams[b]))
+	}
+	tw.Flush()
+	t := p.Totals
+	fmt.Fprintf(w, "\nstructured %s + sparse %s + vectors %s + head %s + class token %s",
+		commas(t.Structured), commas(t.SparseEntries), commas(t.Vectors), commas(t.Head), commas(t.ClassToken))
+	if t.Dense > 0 {
+		fmt.Fprintf(w, " + dense %s", commas(t.Dense))
+	}
+	fmt.Fprintf(w, "\n= %s trainable", commas(t.Total))
+	if p.Budget > 0 {
+		fmt.Fprintf(w, " (budget %s, %+.2f%%)", commas(p.Budget), 100*float64(t.Total-p.Budget)/float64(p.Budget))
+	}
+	fmt.Fprintln(w)
+	if p.Note != "" {
+		fmt.Fprintln(w, strings.TrimSpace(p.Note))
+	}
+}
