@@ -37,9 +37,10 @@ func Save(path string, m *onnxpb.ModelProto) error {
 }
 
 // SaveWith writes m to path with the given options. The model and any side file are
-// each written to a temporary file and renamed into place. m is left as it was
-// (SaveWith detaches external tensors while it encodes and restores them before it
-// returns), so m must not be used concurrently with a save.
+// each written to a temporary file and renamed into place; the model is streamed with
+// EncodeTo, so the file holds Encode's bytes without their being held in memory. m is
+// left as it was (SaveWith detaches external tensors while it encodes and restores them
+// before it returns), so m must not be used concurrently with a save.
 func SaveWith(path string, m *onnxpb.ModelProto, opt SaveOptions) error {
 	if opt.Threshold <= 0 {
 		opt.Threshold = 1024
@@ -60,17 +61,13 @@ func SaveWith(path string, m *onnxpb.ModelProto, opt SaveOptions) error {
 		}
 		defer restore()
 	}
-	b, err := Encode(m)
-	if err != nil {
-		return fmt.Errorf("save %s: encode: %w", path, err)
+	if n := proto.Size(m); n > MaxProtoSize {
+		return fmt.Errorf("save %s: model is %d bytes even with external data, over the 2 GiB protobuf limit", path, n)
 	}
-	if len(b) > MaxProtoSize {
-		return fmt.Errorf("save %s: model is %d bytes even with external data, over the 2 GiB protobuf limit", path, len(b))
+	if err := WriteFileAtomic(path, func(w io.Writer) error { return EncodeTo(w, m) }); err != nil {
+		return fmt.Errorf("save %s: %w", path, err)
 	}
-	return WriteFileAtomic(path, func(w io.Writer) error {
-		_, err := w.Write(b)
-		return err
-	})
+	return nil
 }
 
 // writeExternal writes the large initializers of m to the side file and points them at
