@@ -33,6 +33,9 @@ type ApplyOptions struct {
 	// Dropout is the ratio of a Dropout node on each branch input (0: none). ONNX
 	// Dropout is the identity at inference; the trainer applies it.
 	Dropout float32
+	// BasePath, if set, is recorded as meta.KeyBasePath: where export finds the base
+	// model by default (give an absolute path).
+	BasePath string
 }
 
 // Names of the things Apply adds. Every new initializer and node is named
@@ -127,6 +130,9 @@ func Apply(m *onnxpb.ModelProto, p *Plan, opt ApplyOptions) error {
 	}
 	if err := meta.Set(m, meta.KeyHeadSeed, p.Head.Seed); err != nil {
 		return err
+	}
+	if opt.BasePath != "" {
+		onnxio.SetMetadata(m, meta.KeyBasePath, opt.BasePath)
 	}
 	g.RemoveDeadNodes()
 	if err := g.TopoSort(); err != nil {

@@ -139,7 +139,7 @@ func (s *Summary) Print(w io.Writer) {
 	for _, k := range s.Kinds {
 		fmt.Fprintf(tw, "%s\t", k)
 	}
-	fmt.Fprintln(tw, "block\t")
+	fmt.Fprintln(tw, "all\t")
 	for b, row := range s.Share {
 		fmt.Fprintf(tw, "%d\t", b)
 		for _, x := range row {

@@ -11,7 +11,6 @@ package surgery
 
 import (
 	"fmt"
-	"sort"
 	"strconv"
 
 	"google.golang.org/protobuf/proto"
@@ -281,47 +280,41 @@ func (g *Graph) RemoveDeadNodes() int {
 }
 
 // TopoSort orders the nodes so that every node comes after the producers of its
-// inputs, keeping the file order wherever it is already valid.
+// inputs. It is stable: nodes keep their file order, and a node that must move (one
+// appended by a rewrite) lands just before its first consumer, so a rewritten graph
+// reads like the original with the new nodes inline.
 func (g *Graph) TopoSort() error {
 	gp := g.Proto()
-	avail := map[string]bool{"": true}
-	for _, t := range gp.Initializer {
-		avail[t.GetName()] = true
-	}
-	for _, v := range gp.Input {
-		avail[v.GetName()] = true
-	}
-	pending := append([]*onnxpb.NodeProto(nil), gp.Node...)
-	order := make([]*onnxpb.NodeProto, 0, len(pending))
-	for len(pending) > 0 {
-		next := pending[:0]
-		progress := false
-		for _, n := range pending {
-			ready := true
-			for _, in := range n.Input {
-				if !avail[in] && g.producer[in] != nil {
-					ready = false
-					break
+	const (
+		unseen = iota
+		visiting
+		placed
+	)
+	state := make(map[*onnxpb.NodeProto]int, len(gp.Node))
+	order := make([]*onnxpb.NodeProto, 0, len(gp.Node))
+	var visit func(n *onnxpb.NodeProto) error
+	visit = func(n *onnxpb.NodeProto) error {
+		switch state[n] {
+		case placed:
+			return nil
+		case visiting:
+			return fmt.Errorf("graph has a cycle through node %q", n.GetName())
+		}
+		state[n] = visiting
+		for _, in := range n.Input {
+			if p := g.producer[in]; p != nil && p != n {
+				if err := visit(p); err != nil {
+					return err
 				}
-			}
-			if ready {
-				order = append(order, n)
-				for _, o := range n.Output {
-					avail[o] = true
-				}
-				progress = true
-			} else {
-				next = append(next, n)
 			}
 		}
-		pending = next
-		if !progress {
-			names := make([]string, 0, len(pending))
-			for _, n := range pending {
-				names = append(names, n.GetName())
-			}
-			sort.Strings(names)
-			return fmt.Errorf("graph has a cycle through nodes %v", names)
+		state[n] = placed
+		order = append(order, n)
+		return nil
+	}
+	for _, n := range gp.Node {
+		if err := visit(n); err != nil {
+			return err
 		}
 	}
 	gp.Node = order

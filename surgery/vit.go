@@ -443,25 +443,11 @@ func otherInput(n *onnxpb.NodeProto, v string) string {
 // (a [1,T,D] constant that is added).
 func (g *Graph) findEmbeddings(v *ViT) error {
 	gp := g.Proto()
-	for _, in := range gp.GetInput() {
-		if g.Initializer(in.GetName()) != nil {
-			continue
-		}
-		shape := in.GetType().GetTensorType().GetShape().GetDim()
-		if len(shape) != 4 {
-			return fmt.Errorf("not a ViT: input %q has %d dimensions, want an image batch [N, C, H, W]", in.GetName(), len(shape))
-		}
-		v.Input = in.GetName()
-		v.Batch = shape[0].GetDimValue()
-		v.Channels, v.Height, v.Width = shape[1].GetDimValue(), shape[2].GetDimValue(), shape[3].GetDimValue()
-		if v.Channels <= 0 || v.Height <= 0 || v.Width <= 0 {
-			return fmt.Errorf("not a ViT: input %q needs fixed channel, height and width dimensions", in.GetName())
-		}
-		break
+	in, err := ImageInput(g)
+	if err != nil {
+		return err
 	}
-	if v.Input == "" {
-		return fmt.Errorf("not a ViT: the graph has no image input")
-	}
+	v.Input, v.Batch, v.Channels, v.Height, v.Width = in.Name, in.Batch, in.Channels, in.Height, in.Width
 	if outs := gp.GetOutput(); len(outs) > 0 {
 		v.Output = outs[0].GetName()
 	}
@@ -492,4 +478,45 @@ func (g *Graph) findEmbeddings(v *ViT) error {
 		return fmt.Errorf("not a ViT: no patch-embedding convolution")
 	}
 	return nil
+}
+
+// Image is a graph's image input.
+type Image struct {
+	Name                    string
+	Batch                   int64 // fixed batch size, 0 if dynamic
+	Channels, Height, Width int64
+}
+
+// ImageInput finds the graph's image input: its first input that is not an
+// initializer, which must be [N, C, H, W] with fixed C, H and W.
+func ImageInput(g *Graph) (Image, error) {
+	for _, in := range g.Proto().GetInput() {
+		if g.Initializer(in.GetName()) != nil {
+			continue
+		}
+		shape := in.GetType().GetTensorType().GetShape().GetDim()
+		if len(shape) != 4 {
+			return Image{}, fmt.Errorf("not a ViT: input %q has %d dimensions, want an image batch [N, C, H, W]", in.GetName(), len(shape))
+		}
+		im := Image{Name: in.GetName(), Batch: shape[0].GetDimValue(), Channels: shape[1].GetDimValue(), Height: shape[2].GetDimValue(), Width: shape[3].GetDimValue()}
+		if im.Channels <= 0 || im.Height <= 0 || im.Width <= 0 {
+			return Image{}, fmt.Errorf("not a ViT: input %q needs fixed channel, height and width dimensions", in.GetName())
+		}
+		return im, nil
+	}
+	return Image{}, fmt.Errorf("not a ViT: the graph has no image input")
+}
+
+// Classes is the size of the last dimension of the graph's first output (the
+// classifier's logits), or 0 if the graph does not say.
+func Classes(g *Graph) int {
+	outs := g.Proto().GetOutput()
+	if len(outs) == 0 {
+		return 0
+	}
+	dims := outs[0].GetType().GetTensorType().GetShape().GetDim()
+	if len(dims) == 0 {
+		return 0
+	}
+	return int(dims[len(dims)-1].GetDimValue())
 }

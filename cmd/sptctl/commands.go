@@ -7,8 +7,13 @@ func commands() []*cli.Command {
 	cmds := []*cli.Command{
 		inspectCommand(),
 		dataCommand(),
+		sensitivityCommand(),
 		allocateCommand(),
 		injectCommand(),
+		trainCommand(),
+		exportCommand(),
+		evalCommand(),
+		runCommand(),
 	}
 	for _, c := range cmds {
 		markUsageErrors(c)

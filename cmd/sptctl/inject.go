@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"path/filepath"
 
 	"github.com/urfave/cli/v2"
 
@@ -43,7 +44,12 @@ func injectCommand() *cli.Command {
 			if err := p.Check(fp); err != nil {
 				return fmt.Errorf("%s: %w", c.String("plan"), err)
 			}
-			opt := inject.ApplyOptions{Classes: c.Int("classes"), KeepHead: c.Bool("keep-head"), Seed: c.Int64("seed"), Dropout: float32(c.Float64("dropout"))}
+			base, err := filepath.Abs(c.String("model"))
+			if err != nil {
+				return err
+			}
+			opt := inject.ApplyOptions{Classes: c.Int("classes"), KeepHead: c.Bool("keep-head"), Seed: c.Int64("seed"),
+				Dropout: float32(c.Float64("dropout")), BasePath: base}
 			if err := inject.Apply(m, p, opt); err != nil {
 				return fmt.Errorf("inject %s: %w", c.String("model"), err)
 			}

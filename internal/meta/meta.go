@@ -20,6 +20,11 @@ const (
 	KeyPreprocess      = "sptctl.preprocess"       // JSON Preprocess
 	KeyHeadSeed        = "sptctl.head_seed"        // seed of the task head, decimal
 	KeyClasses         = "sptctl.classes"          // number of task classes, decimal
+	// KeyBasePath is the path of the base model a model was injected from, as inject
+	// was given it made absolute (export finds the base there unless told otherwise).
+	KeyBasePath = "sptctl.base_path"
+	// KeyMerged marks a model written by `sptctl export --merge`: JSON MergedNote.
+	KeyMerged = "sptctl.merged"
 )
 
 // Preprocess is how images are turned into the model's input.
@@ -29,6 +34,14 @@ type Preprocess struct {
 	Width    int       `json:"width"`
 	Mean     []float32 `json:"mean"`
 	Std      []float32 `json:"std"`
+}
+
+// MergedNote is what a merged export records under KeyMerged.
+type MergedNote struct {
+	BaseFingerprint string   `json:"base_fingerprint"` // the base model the task was tuned from
+	Plan            any      `json:"plan"`             // the plan's summary (inject.Summary)
+	Adapters        []string `json:"adapters"`         // layers whose Adapter stays as nodes
+	Note            string   `json:"note"`
 }
 
 // Get decodes the JSON stored under key into v. It reports false if the key is absent.

@@ -1,0 +1,33 @@
+# sptctl: `make test` is what CI runs (.ci/run). Every target that compiles runs
+# scripts/setup.sh first; it is idempotent and takes a few seconds once done.
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+
+export CGO_ENABLED := 1
+# ONNX Runtime's shared library, fetched by scripts/setup.sh; tests and the CLI read it.
+SPTCTL_ORT_LIB ?= $(CURDIR)/third_party/onnxruntime/libonnxruntime.so.1
+export SPTCTL_ORT_LIB
+
+GO ?= go
+
+.PHONY: setup build test demo clean distclean
+
+setup:
+	./scripts/setup.sh
+
+build: setup
+	$(GO) build -o bin/sptctl ./cmd/sptctl
+
+test: setup
+	$(GO) vet ./...
+	$(GO) test ./...
+
+demo: build
+	./bin/sptctl inspect testdata/tv_op17_dynamic.onnx
+
+# clean removes build outputs; distclean also what setup fetched and patched.
+clean:
+	rm -rf bin
+
+distclean: clean
+	rm -rf third_party

@@ -1,0 +1,321 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/urfave/cli/v2"
+	"google.golang.org/protobuf/encoding/protowire"
+
+	"github.com/sptctl/sptctl/data"
+	"github.com/sptctl/sptctl/export/ort"
+	"github.com/sptctl/sptctl/internal/meta"
+	"github.com/sptctl/sptctl/internal/npy"
+)
+
+func evalCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "eval",
+		Usage: "top-1 accuracy of a model on a data split, with ONNX Runtime",
+		Description: "eval runs the model on every image of the split in batches and counts how often\n" +
+			"the largest output is the label. Images are preprocessed as the model records\n" +
+			"(sptctl.preprocess metadata), else with the default for its input size. A model\n" +
+			"with a fixed batch size gets its last partial batch padded (the padding is not\n" +
+			"counted).",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "model", Usage: "`MODEL` (ONNX)", Required: true},
+			&cli.StringFlag{Name: "data", Usage: "`DATA` folder (VTAB-1k lists, ImageFolder or IDX)", Required: true},
+			&cli.StringFlag{Name: "split", Usage: "split to evaluate", Value: "test"},
+			&cli.IntFlag{Name: "batch-size", Usage: "images per run (a model with a fixed batch size uses its own)", Value: 64},
+			&cli.BoolFlag{Name: "json", Usage: "print machine-readable JSON"},
+		},
+		Action: runEval,
+	}
+}
+
+// evalResult is what `eval --json` prints.
+type evalResult struct {
+	Top1    float64 `json:"top1"`
+	N       int     `json:"n"`
+	Correct int     `json:"correct"`
+	Split   string  `json:"split"`
+	Model   string  `json:"model"`
+}
+
+func runEval(c *cli.Context) error {
+	modelPath, dir := c.String("model"), c.String("data")
+	if c.Int("batch-size") < 1 {
+		return usagef("eval: --batch-size must be at least 1")
+	}
+	s, err := ort.Open(modelPath)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	in, err := imageInput(s)
+	if err != nil {
+		return fmt.Errorf("%s: %w", modelPath, err)
+	}
+	md, err := readMetadata(modelPath)
+	if err != nil {
+		return err
+	}
+	var p meta.Preprocess
+	raw, ok := md[meta.KeyPreprocess]
+	if ok {
+		if err := json.Unmarshal([]byte(raw), &p); err != nil {
+			return fmt.Errorf("%s: metadata %s: %w", modelPath, meta.KeyPreprocess, err)
+		}
+	}
+	p, how, err := choosePreprocess(p, ok, in)
+	if err != nil {
+		return fmt.Errorf("%s: %w", modelPath, err)
+	}
+	fmt.Fprintf(c.App.ErrWriter, "preprocessing: %s\n", how)
+
+	ds, err := data.Open(dir)
+	if err != nil {
+		return err
+	}
+	split, err := ds.Split(c.String("split"))
+	if err != nil {
+		return err
+	}
+	if split.Len() == 0 {
+		return fmt.Errorf("data %s: split %s is empty", dir, split.SplitName())
+	}
+	out := s.Outputs()[0]
+	classes := int64(ds.NumClasses())
+	if len(out.Shape) == 2 && out.Shape[1] > 0 && classes > out.Shape[1] {
+		return fmt.Errorf("data %s has %d classes, but %s's head has %d outputs; evaluate it on a data set of its task", dir, classes, modelPath, out.Shape[1])
+	}
+	bs := c.Int("batch-size")
+	if in.Batch > 0 {
+		if c.IsSet("batch-size") && int64(bs) != in.Batch {
+			fmt.Fprintf(c.App.ErrWriter, "the model has a fixed batch size of %d; using it\n", in.Batch)
+		}
+		bs = int(in.Batch)
+	}
+	start := time.Now()
+	loader := data.NewLoader(split, p, bs, false, 0, 0)
+	batches := loader.Epoch(c.Context, 0, 0)
+	defer batches.Close()
+	size := data.TensorSize(p)
+	res := evalResult{Split: split.SplitName(), Model: modelPath}
+	for {
+		b, ok, err := batches.Next()
+		if err != nil {
+			return err
+		}
+		if !ok {
+			break
+		}
+		rows := int64(b.N)
+		x := ort.Tensor{Shape: []int64{rows, in.C, in.H, in.W}, Data: b.Images}
+		if in.Batch > 0 && rows < in.Batch { // pad with zeros; those rows are not counted
+			x.Shape[0] = in.Batch
+			x.Data = append(b.Images, make([]float32, (in.Batch-rows)*int64(size))...)
+		}
+		y, err := s.Run(map[string]ort.Tensor{in.Name: x})
+		if err != nil {
+			return err
+		}
+		logits := y[out.Name]
+		if len(logits.Shape) != 2 || logits.Shape[0] != x.Shape[0] || logits.Data == nil {
+			return fmt.Errorf("%s: output %s has shape %v; want [batch classes] float32 logits", modelPath, out.Name, logits.Shape)
+		}
+		k := logits.Shape[1]
+		if classes > k {
+			return fmt.Errorf("data %s has %d classes, but %s's head has %d outputs; evaluate it on a data set of its task", dir, classes, modelPath, k)
+		}
+		for i := int64(0); i < rows; i++ {
+			row := logits.Data[i*k : (i+1)*k]
+			if int64(slices.Index(row, slices.Max(row))) == b.Labels[i] {
+				res.Correct++
+			}
+		}
+		res.N += b.N
+	}
+	res.Top1 = float64(res.Correct) / float64(res.N)
+	el := time.Since(start)
+	fmt.Fprintf(c.App.ErrWriter, "evaluated %d images in %.1fs (%.0f images/s)\n", res.N, el.Seconds(), float64(res.N)/el.Seconds())
+	if c.Bool("json") {
+		return writeJSON(c.App.Writer, res)
+	}
+	fmt.Fprintf(c.App.Writer, "top-1 %.4f (%d/%d) on %s\n", res.Top1, res.Correct, res.N, res.Split)
+	return nil
+}
+
+// readMetadata reads a model file's metadata_props (ModelProto field 14) without
+// decoding its graph or tensors.
+func readMetadata(path string) (map[string]string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	r := bufio.NewReaderSize(f, 1<<16)
+	out := map[string]string{}
+	bad := func(err error) error { return fmt.Errorf("%s: not an ONNX model (%v)", path, err) }
+	for {
+		tag, err := binaryUvarint(r)
+		if errors.Is(err, io.EOF) {
+			return out, nil
+		}
+		if err != nil {
+			return nil, bad(err)
+		}
+		num, typ := protowire.DecodeTag(tag)
+		switch typ {
+		case protowire.VarintType:
+			if _, err := binaryUvarint(r); err != nil {
+				return nil, bad(err)
+			}
+		case protowire.Fixed32Type:
+			if _, err := r.Discard(4); err != nil {
+				return nil, bad(err)
+			}
+		case protowire.Fixed64Type:
+			if _, err := r.Discard(8); err != nil {
+				return nil, bad(err)
+			}
+		case protowire.BytesType:
+			n, err := binaryUvarint(r)
+			if err != nil {
+				return nil, bad(err)
+			}
+			if num != 14 {
+				if _, err := r.Discard(int(n)); err != nil {
+					return nil, bad(err)
+				}
+				continue
+			}
+			if n > 1<<26 {
+				return nil, bad(fmt.Errorf("metadata entry of %d bytes", n))
+			}
+			b := make([]byte, n)
+			if _, err := io.ReadFull(r, b); err != nil {
+				return nil, bad(err)
+			}
+			var key, val string
+			for len(b) > 0 {
+				fn, ft, k := protowire.ConsumeTag(b)
+				if k < 0 {
+					return nil, bad(protowire.ParseError(k))
+				}
+				b = b[k:]
+				if ft != protowire.BytesType {
+					k = protowire.ConsumeFieldValue(fn, ft, b)
+				} else {
+					var v []byte
+					v, k = protowire.ConsumeBytes(b)
+					if fn == 1 {
+						key = string(v)
+					} else if fn == 2 {
+						val = string(v)
+					}
+				}
+				if k < 0 {
+					return nil, bad(protowire.ParseError(k))
+				}
+				b = b[k:]
+			}
+			out[key] = val
+		default:
+			return nil, bad(fmt.Errorf("wire type %d", typ))
+		}
+	}
+}
+
+func binaryUvarint(r *bufio.Reader) (uint64, error) {
+	var x uint64
+	for i := 0; i < 10; i++ {
+		b, err := r.ReadByte()
+		if err != nil {
+			if i > 0 && errors.Is(err, io.EOF) {
+				return 0, io.ErrUnexpectedEOF
+			}
+			return 0, err
+		}
+		x |= uint64(b&0x7f) << (7 * i)
+		if b < 0x80 {
+			return x, nil
+		}
+	}
+	return 0, errors.New("varint too long")
+}
+
+func runCommand() *cli.Command {
+	return &cli.Command{
+		Name:        "run",
+		Usage:       "run a model on a .npy input with ONNX Runtime and write its output as .npy",
+		Description: "run feeds --input (float32 or int64, C order) to the model's only input and writes\n" + "its first output to --output.",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "model", Usage: "`MODEL` (ONNX)", Required: true},
+			&cli.StringFlag{Name: "input", Usage: "input array `x.npy`", Required: true},
+			&cli.StringFlag{Name: "output", Usage: "output array `y.npy` to write", Required: true},
+		},
+		Action: func(c *cli.Context) error {
+			modelPath, inPath, outPath := c.String("model"), c.String("input"), c.String("output")
+			s, err := ort.Open(modelPath)
+			if err != nil {
+				return err
+			}
+			defer s.Close()
+			ins := s.Inputs()
+			if len(ins) != 1 {
+				return fmt.Errorf("%s has %d inputs; run feeds one", modelPath, len(ins))
+			}
+			want := ins[0]
+			a, err := npy.Read(inPath)
+			if err != nil {
+				return fmt.Errorf("%s cannot feed %s of %s: %w", inPath, describeInput(want), modelPath, err)
+			}
+			dtype := map[string]string{"<f4": "float32", "<i8": "int64"}[a.Dtype()]
+			if dtype != want.Type {
+				return fmt.Errorf("%s holds %s, but %s of %s wants %s", inPath, dtype, describeInput(want), modelPath, want.Type)
+			}
+			fits := want.Shape == nil || len(want.Shape) == len(a.Shape)
+			for i := 0; fits && i < len(a.Shape); i++ {
+				fits = want.Shape[i] < 0 || want.Shape[i] == a.Shape[i]
+			}
+			if !fits || len(a.Shape) == 0 {
+				return fmt.Errorf("%s has shape %v, but %s of %s does not take it", inPath, a.Shape, describeInput(want), modelPath)
+			}
+			y, err := s.Run(map[string]ort.Tensor{want.Name: {Shape: a.Shape, Data: a.Float32, Int64: a.Int64}})
+			if err != nil {
+				return err
+			}
+			outName := s.Outputs()[0].Name
+			t := y[outName]
+			if err := npy.Write(outPath, &npy.Array{Shape: t.Shape, Float32: t.Data, Int64: t.Int64}); err != nil {
+				return err
+			}
+			fmt.Fprintf(c.App.ErrWriter, "wrote %s: %s %v\n", outPath, outName, t.Shape)
+			return nil
+		},
+	}
+}
+
+// describeInput names a model input with its type and shape: input "x" (float32 [? 3 32 32]).
+func describeInput(x ort.IOInfo) string {
+	shape := "[?]"
+	if x.Shape != nil {
+		parts := make([]string, len(x.Shape))
+		for i, d := range x.Shape {
+			parts[i] = "?"
+			if d >= 0 {
+				parts[i] = fmt.Sprint(d)
+			}
+		}
+		shape = "[" + strings.Join(parts, " ") + "]"
+	}
+	return fmt.Sprintf("input %q (%s %s)", x.Name, x.Type, shape)
+}

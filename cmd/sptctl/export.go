@@ -1,0 +1,419 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"path/filepath"
+	"strings"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/sptctl/sptctl/data"
+	"github.com/sptctl/sptctl/export"
+	"github.com/sptctl/sptctl/export/ort"
+	"github.com/sptctl/sptctl/internal/meta"
+	"github.com/sptctl/sptctl/onnxio"
+	"github.com/sptctl/sptctl/onnxio/onnxpb"
+)
+
+// parityLimit is the largest relative difference (max|a−b| / max|b|) export accepts
+// between two runs of the same function.
+const parityLimit = 1e-5
+
+// ParityRunner runs a model on one input batch and returns its (first) output.
+type ParityRunner func(modelPath string, x ort.Tensor) (ort.Tensor, error)
+
+// parityChecker is another executor that must agree with ONNX Runtime on the trained
+// model before export writes anything.
+type parityChecker struct {
+	Name string
+	Run  ParityRunner
+}
+
+// parityCheckers run next to ONNX Runtime on the trained model at every export. The
+// gotch executor registers itself here (registerParityChecker, from an init function).
+var parityCheckers []parityChecker
+
+// registerParityChecker adds an executor to the export's parity check.
+func registerParityChecker(name string, run ParityRunner) {
+	parityCheckers = append(parityCheckers, parityChecker{name, run})
+}
+
+func exportCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "export",
+		Usage: "export a trained model: merged into the base weights, or as a sidecar on a shared base",
+		UsageText: "sptctl export --model TRAINED --merge --out merged.onnx [--base BASE]\n" +
+			"sptctl export --model TRAINED --sidecar DIR --task NAME [--base BASE]",
+		Description: "--merge folds LoRA modules (W + B·A), sparse deltas and tuned vectors into the base\n" +
+			"weights and puts the new head in place of the old one: the graph is the base's, with\n" +
+			"the task's weights (Adapters contain a GELU and cannot fold: they stay as nodes).\n\n" +
+			"--sidecar writes DIR/NAME.onnx, the trained graph, whose base weights sit in\n" +
+			"DIR/base.data, shared by every task exported against the same base (written once,\n" +
+			"then checked byte for byte and reused), and whose task tensors sit in DIR/NAME.data.\n" +
+			"ONNX Runtime loads DIR/NAME.onnx directly.\n\n" +
+			"Both need the base model the trained model was injected from: --base, or the path\n" +
+			"inject recorded. Before anything is written, ONNX Runtime runs the trained and the\n" +
+			"exported model on a few inputs (--data samples, or random ones); export refuses if\n" +
+			"they differ by more than 1e-5 (relative to the largest output).",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "model", Usage: "`TRAINED` model (from sptctl train, or an injected one)", Required: true},
+			&cli.BoolFlag{Name: "merge", Usage: "fold the task into the base weights"},
+			&cli.StringFlag{Name: "out", Usage: "`FILE` to write the merged model to (with --merge)"},
+			&cli.StringFlag{Name: "sidecar", Usage: "`DIR` of the shared base.data and the task files"},
+			&cli.StringFlag{Name: "task", Usage: "task `NAME`: writes DIR/NAME.onnx and DIR/NAME.data (with --sidecar)"},
+			&cli.StringFlag{Name: "base", Usage: "the `BASE` model the trained model was injected from (default: the path inject recorded)"},
+			&cli.StringFlag{Name: "data", Usage: "`DATA` folder whose images the parity check uses (default: random inputs)"},
+			&cli.StringFlag{Name: "split", Usage: "split of --data to take the parity samples from", Value: "test"},
+			&cli.IntFlag{Name: "samples", Usage: "inputs the parity check runs", Value: 4},
+			&cli.BoolFlag{Name: "json", Usage: "print machine-readable JSON"},
+		},
+		Action: runExport,
+	}
+}
+
+// exportResult is what `export --json` prints.
+type exportResult struct {
+	Mode    string                `json:"mode"` // merge or sidecar
+	Model   string                `json:"model"`
+	Base    string                `json:"base"`
+	Out     string                `json:"out"` // the merged model, or DIR/NAME.onnx
+	Parity  []parityResult        `json:"parity"`
+	Merge   *export.MergeReport   `json:"merge,omitempty"`
+	Sidecar *export.SidecarReport `json:"sidecar,omitempty"`
+}
+
+type parityResult struct {
+	What   string  `json:"what"` // "onnxruntime export", or a checker's name
+	Inputs int     `json:"inputs"`
+	MaxAbs float64 `json:"max_abs"`
+	Rel    float64 `json:"rel"`
+}
+
+func runExport(c *cli.Context) error {
+	modelPath := c.String("model")
+	merge, dir, task, out := c.Bool("merge"), c.String("sidecar"), c.String("task"), c.String("out")
+	switch {
+	case merge && dir != "":
+		return usagef("export: --merge and --sidecar exclude each other")
+	case !merge && dir == "":
+		return usagef("export: want --merge --out FILE or --sidecar DIR --task NAME")
+	case merge && out == "":
+		return usagef("export: --merge needs --out FILE")
+	case merge && task != "":
+		return usagef("export: --task goes with --sidecar")
+	case dir != "" && task == "":
+		return usagef("export: --sidecar needs --task NAME")
+	case dir != "" && out != "":
+		return usagef("export: --out goes with --merge (--sidecar writes DIR/NAME.onnx)")
+	case c.Int("samples") < 1:
+		return usagef("export: --samples must be at least 1")
+	}
+	if dir != "" {
+		if err := export.CheckTaskName(task); err != nil {
+			return usagef("export: --task: %v", err)
+		}
+	}
+	m, err := onnxio.Load(modelPath)
+	if err != nil {
+		return err
+	}
+	if _, err := export.Plan(m); err != nil {
+		if errors.Is(err, export.ErrNotInjected) {
+			return fmt.Errorf("%s was %w", modelPath, err)
+		}
+		return fmt.Errorf("%s: %w", modelPath, err)
+	}
+	basePath, base, err := loadBase(c, m, modelPath)
+	if err != nil {
+		return err
+	}
+
+	// Parity: ONNX Runtime (and any other executor) on the trained model first.
+	xs, err := parityInputs(c, m, modelPath)
+	if err != nil {
+		return err
+	}
+	refs := make([]ort.Tensor, len(xs))
+	for i, x := range xs {
+		if refs[i], err = ortRun(modelPath, x); err != nil {
+			return fmt.Errorf("parity check: %w", err)
+		}
+	}
+	res := &exportResult{Model: modelPath, Base: basePath}
+	for _, pc := range parityCheckers {
+		r, err := compareRuns(pc.Name+" on "+modelPath, xs, refs, func(x ort.Tensor) (ort.Tensor, error) { return pc.Run(modelPath, x) })
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(c.App.ErrWriter, "parity: %s vs ONNX Runtime on %s: max |a−b| %.3g, relative %.3g\n", pc.Name, modelPath, r.MaxAbs, r.Rel)
+		res.Parity = append(res.Parity, r)
+	}
+	verify := func(staged string) error {
+		r, err := compareRuns("ONNX Runtime on the exported model", xs, refs, func(x ort.Tensor) (ort.Tensor, error) { return ortRun(staged, x) })
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(c.App.ErrWriter, "parity: ONNX Runtime on the export vs on %s: max |a−b| %.3g, relative %.3g (%d inputs)\n", modelPath, r.MaxAbs, r.Rel, r.Inputs)
+		res.Parity = append(res.Parity, r)
+		return nil
+	}
+
+	if merge {
+		res.Mode, res.Out = "merge", out
+		rep, err := export.Merge(m, base)
+		if err != nil {
+			return err
+		}
+		res.Merge = rep
+		if err := export.SaveVerified(out, m, verify); err != nil {
+			return err
+		}
+		fmt.Fprintf(c.App.ErrWriter, "wrote %s\n", out)
+	} else {
+		res.Mode = "sidecar"
+		rep, err := export.SidecarWith(m, base, dir, task, export.SidecarOptions{Verify: verify})
+		if err != nil {
+			return err
+		}
+		res.Sidecar, res.Out = rep, rep.Model
+		fmt.Fprintf(c.App.ErrWriter, "wrote %s\n", rep.Model)
+	}
+	if c.Bool("json") {
+		return writeJSON(c.App.Writer, res)
+	}
+	if res.Merge != nil {
+		fmt.Fprintf(c.App.Writer, "merged %s into %s\n%s", modelPath, out, res.Merge)
+	} else {
+		fmt.Fprintf(c.App.Writer, "sidecar of %s\n%s", modelPath, res.Sidecar)
+	}
+	return nil
+}
+
+// loadBase loads the base model (--base, or the path inject recorded) and checks that it
+// is the one the model was injected from.
+func loadBase(c *cli.Context, m *onnxpb.ModelProto, modelPath string) (string, *onnxpb.ModelProto, error) {
+	p := c.String("base")
+	if p == "" {
+		p, _ = onnxio.Metadata(m, meta.KeyBasePath)
+		if p == "" {
+			return "", nil, fmt.Errorf("%s records no base model path; give --base BASE (the model `sptctl inject` was run on)", modelPath)
+		}
+		if !filepath.IsAbs(p) {
+			p = filepath.Join(filepath.Dir(modelPath), p)
+		}
+		fmt.Fprintf(c.App.ErrWriter, "base model: %s (recorded by inject)\n", p)
+	}
+	base, err := onnxio.Load(p)
+	if err != nil {
+		if c.String("base") == "" {
+			return "", nil, fmt.Errorf("base model recorded by inject: %w; give --base BASE", err)
+		}
+		return "", nil, err
+	}
+	plan, err := export.Plan(m)
+	if err != nil {
+		return "", nil, err
+	}
+	if err := export.CheckBase(plan, base); err != nil {
+		return "", nil, fmt.Errorf("%s: %w", p, err)
+	}
+	return p, base, nil
+}
+
+// parityInputs are the batches the parity check runs: --samples images of --data (the
+// model's preprocessing), or seeded random ones, in the model's batch size.
+func parityInputs(c *cli.Context, m *onnxpb.ModelProto, modelPath string) ([]ort.Tensor, error) {
+	s, err := ort.Open(modelPath)
+	if err != nil {
+		return nil, err
+	}
+	in, err := imageInput(s)
+	s.Close()
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", modelPath, err)
+	}
+	n := c.Int("samples")
+	if dir := c.String("data"); dir != "" {
+		p, how, err := modelPreprocess(m, in)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", modelPath, err)
+		}
+		fmt.Fprintf(c.App.ErrWriter, "parity samples: %d images of %s, split %s; preprocessing %s\n", n, dir, c.String("split"), how)
+		return dataBatches(dir, c.String("split"), p, in, n)
+	}
+	rng := rand.New(rand.NewPCG(0x5350, 0x54))
+	var xs []ort.Tensor
+	for done := 0; done < n; {
+		b := in.batchFor(n - done)
+		x := ort.Tensor{Shape: []int64{int64(b), in.C, in.H, in.W}, Data: make([]float32, int64(b)*in.C*in.H*in.W)}
+		for i := range x.Data {
+			x.Data[i] = float32(rng.NormFloat64())
+		}
+		xs = append(xs, x)
+		done += b
+	}
+	return xs, nil
+}
+
+// dataBatches preprocesses the first n images of a split into model batches (a fixed
+// batch size is filled up with copies of the last image).
+func dataBatches(dir, splitName string, p meta.Preprocess, in *imageIn, n int) ([]ort.Tensor, error) {
+	ds, err := data.Open(dir)
+	if err != nil {
+		return nil, err
+	}
+	split, err := ds.Split(splitName)
+	if err != nil {
+		return nil, err
+	}
+	n = min(n, split.Len())
+	if n == 0 {
+		return nil, fmt.Errorf("data %s: split %s is empty", dir, splitName)
+	}
+	b := in.batchFor(n)
+	it := data.NewLoader(split, p, b, false, 0, 0).Epoch(nil, 0, 0)
+	defer it.Close()
+	size := data.TensorSize(p)
+	var xs []ort.Tensor
+	for done := 0; done < n; {
+		bt, ok, err := it.Next()
+		if err != nil {
+			return nil, err
+		}
+		if !ok {
+			break
+		}
+		rows := min(bt.N, n-done)
+		x := ort.Tensor{Shape: []int64{int64(b), in.C, in.H, in.W}, Data: make([]float32, b*size)}
+		copy(x.Data, bt.Images[:rows*size])
+		for j := rows; j < b; j++ {
+			copy(x.Data[j*size:(j+1)*size], bt.Images[(rows-1)*size:rows*size])
+		}
+		xs = append(xs, x)
+		done += rows
+	}
+	return xs, nil
+}
+
+// ortRun runs a model file with ONNX Runtime on x and returns its first output.
+func ortRun(path string, x ort.Tensor) (ort.Tensor, error) {
+	s, err := ort.Open(path)
+	if err != nil {
+		return ort.Tensor{}, err
+	}
+	defer s.Close()
+	ins, outs := s.Inputs(), s.Outputs()
+	if len(ins) != 1 {
+		return ort.Tensor{}, fmt.Errorf("%s: model has %d inputs, want 1", path, len(ins))
+	}
+	res, err := s.Run(map[string]ort.Tensor{ins[0].Name: x})
+	if err != nil {
+		return ort.Tensor{}, err
+	}
+	return res[outs[0].Name], nil
+}
+
+// compareRuns runs every input through run and compares with refs: it fails, with the
+// numbers, when the relative difference passes parityLimit.
+func compareRuns(what string, xs, refs []ort.Tensor, run func(ort.Tensor) (ort.Tensor, error)) (parityResult, error) {
+	r := parityResult{What: what}
+	var maxAbs, maxRef float64
+	for i, x := range xs {
+		got, err := run(x)
+		if err != nil {
+			return r, fmt.Errorf("parity check: %s: %w", what, err)
+		}
+		want := refs[i]
+		if len(got.Data) != len(want.Data) || fmt.Sprint(got.Shape) != fmt.Sprint(want.Shape) {
+			return r, fmt.Errorf("parity check failed: %s gives shape %v, the trained model %v; nothing written", what, got.Shape, want.Shape)
+		}
+		for j := range got.Data {
+			d := math.Abs(float64(got.Data[j]) - float64(want.Data[j]))
+			if math.IsNaN(d) {
+				d = math.Inf(1)
+			}
+			maxAbs = max(maxAbs, d)
+			maxRef = max(maxRef, math.Abs(float64(want.Data[j])))
+		}
+		r.Inputs += int(x.Shape[0])
+	}
+	r.MaxAbs, r.Rel = maxAbs, maxAbs
+	if maxRef > 0 {
+		r.Rel = maxAbs / maxRef
+	}
+	if !(r.Rel <= parityLimit) {
+		return r, fmt.Errorf("parity check failed: %s differs from ONNX Runtime on the trained model by max |a−b| %.3g, relative %.3g > %g (on %d inputs); nothing written",
+			what, r.MaxAbs, r.Rel, parityLimit, r.Inputs)
+	}
+	return r, nil
+}
+
+// imageIn is a model's image input.
+type imageIn struct {
+	Name    string
+	Batch   int64 // fixed batch size, 0 if dynamic
+	C, H, W int64
+}
+
+// batchFor is the batch size to run n more examples with.
+func (in *imageIn) batchFor(n int) int {
+	if in.Batch > 0 {
+		return int(in.Batch)
+	}
+	return n
+}
+
+func (in *imageIn) String() string {
+	b := "?"
+	if in.Batch > 0 {
+		b = fmt.Sprint(in.Batch)
+	}
+	return fmt.Sprintf("%q [%s %d %d %d]", in.Name, b, in.C, in.H, in.W)
+}
+
+// imageInput checks that a model has one float32 image input [N, C, H, W] of known C,
+// H and W.
+func imageInput(s *ort.Session) (*imageIn, error) {
+	ins := s.Inputs()
+	if len(ins) != 1 {
+		names := make([]string, len(ins))
+		for i, x := range ins {
+			names[i] = x.String()
+		}
+		return nil, fmt.Errorf("model has %d inputs (%s); want one image input", len(ins), strings.Join(names, ", "))
+	}
+	x := ins[0]
+	if x.Type != "float32" || len(x.Shape) != 4 || x.Shape[1] <= 0 || x.Shape[2] <= 0 || x.Shape[3] <= 0 {
+		return nil, fmt.Errorf("input %s is not a float32 image batch [N C H W] of known C, H, W", x)
+	}
+	return &imageIn{Name: x.Name, Batch: max(x.Shape[0], 0), C: x.Shape[1], H: x.Shape[2], W: x.Shape[3]}, nil
+}
+
+// modelPreprocess is the preprocessing the model records (meta.KeyPreprocess), or the
+// default for its input; how says which.
+func modelPreprocess(m *onnxpb.ModelProto, in *imageIn) (meta.Preprocess, string, error) {
+	var p meta.Preprocess
+	ok, err := meta.Get(m, meta.KeyPreprocess, &p)
+	if err != nil {
+		return p, "", err
+	}
+	return choosePreprocess(p, ok, in)
+}
+
+func choosePreprocess(p meta.Preprocess, ok bool, in *imageIn) (meta.Preprocess, string, error) {
+	if !ok {
+		p = data.DefaultPreprocess(int(in.C), int(in.H), int(in.W))
+		return p, fmt.Sprintf("default for a %d-channel %dx%d input (mean %v, std %v; the model records none)", in.C, in.H, in.W, p.Mean, p.Std), nil
+	}
+	if err := data.CheckPreprocess(p); err != nil {
+		return p, "", fmt.Errorf("metadata %s: %w", meta.KeyPreprocess, err)
+	}
+	if int64(p.Channels) != in.C || int64(p.Height) != in.H || int64(p.Width) != in.W {
+		return p, "", fmt.Errorf("metadata %s is for %dx%dx%d images, but input %s takes %dx%dx%d",
+			meta.KeyPreprocess, p.Channels, p.Height, p.Width, in.Name, in.C, in.H, in.W)
+	}
+	return p, fmt.Sprintf("from the model (%s: %dx%dx%d, mean %v, std %v)", meta.KeyPreprocess, p.Channels, p.Height, p.Width, p.Mean, p.Std), nil
+}

@@ -1,0 +1,201 @@
+package export_test
+
+import (
+	"flag"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/sptctl/sptctl/export"
+	"github.com/sptctl/sptctl/inject"
+	"github.com/sptctl/sptctl/internal/meta"
+	"github.com/sptctl/sptctl/onnxio"
+	"github.com/sptctl/sptctl/onnxio/onnxpb"
+)
+
+var keepDir = flag.String("keep", "", "write the merged models to this folder")
+
+func nodeList(m *onnxpb.ModelProto) []string {
+	var out []string
+	for _, n := range m.Graph.Node {
+		out = append(out, n.GetOpType()+" "+n.GetName()+" -> "+strings.Join(n.Output, ","))
+	}
+	return out
+}
+
+// isSubsequence reports whether every element of sub appears in seq, in order.
+func isSubsequence(sub, seq []string) bool {
+	i := 0
+	for _, x := range seq {
+		if i < len(sub) && sub[i] == x {
+			i++
+		}
+	}
+	return i == len(sub)
+}
+
+// TestMergeEveryFixture merges LoRA, sparse, hand-made mixed and Adapter plans with
+// random trained values on every fixture: ONNX Runtime gives the trained model's
+// outputs (relative difference ≤ 1e-5), LoRA/sparse merges have exactly the base
+// graph's nodes, Adapter merges keep the base's nodes in order plus the adapters.
+func TestMergeEveryFixture(t *testing.T) {
+	mustInitORT(t)
+	dir := t.TempDir()
+	var merged []string
+	defer func() { onnxChecker(t, merged) }()
+	for _, path := range fixtures(t) {
+		name := fixtureName(path)
+		t.Run(name, func(t *testing.T) {
+			base := load(t, path)
+			batch := base.v.Batch
+			if batch == 0 {
+				batch = 3
+			}
+			x := input(t, path, batch)
+			baseOut := runORT(t, path, x)
+			ps := plans(t, base)
+			for _, pname := range slices.Sorted(func(y func(string) bool) {
+				for k := range ps {
+					if !y(k) {
+						return
+					}
+				}
+			}) {
+				p := ps[pname]
+				tm := trained(t, base.m, p, strings.HasSuffix(pname, "_keep"), 21)
+				if err := meta.Set(tm, meta.KeyPreprocess, meta.Preprocess{Channels: 1, Height: 2, Width: 3, Mean: []float32{0}, Std: []float32{1}}); err != nil {
+					t.Fatal(err)
+				}
+				want := runORT(t, save(t, tm, filepath.Join(dir, name+"_"+pname+"_trained.onnx")), x)
+				mm := clone(tm)
+				rep, err := export.Merge(mm, base.m)
+				if err != nil {
+					t.Fatalf("%s: %v", pname, err)
+				}
+				mpath := save(t, mm, filepath.Join(dir, name+"_"+pname+"_merged.onnx"))
+				got := runORT(t, mpath, x)
+				merged = append(merged, mpath)
+				if *keepDir != "" {
+					save(t, mm, filepath.Join(*keepDir, name+"_"+pname+"_merged.onnx"))
+				}
+				r := rel(got, want)
+				if r > 1e-5 {
+					t.Errorf("%s: merged vs trained relative difference %.3g", pname, r)
+				}
+				untrained := clone(base.m)
+				if err := inject.Apply(untrained, p, inject.ApplyOptions{KeepHead: strings.HasSuffix(pname, "_keep"), Seed: 3}); err != nil {
+					t.Fatal(err)
+				}
+				if moved := rel(want, runORT(t, save(t, untrained, filepath.Join(dir, "untrained.onnx")), x)); moved < 1e-2 {
+					t.Errorf("%s: the trained values did not move the outputs (%.3g)", pname, moved)
+				}
+				_ = baseOut
+				bn, mn := nodeList(base.m), nodeList(mm)
+				if hasAdapters(p) {
+					if len(rep.Adapters) == 0 || !isSubsequence(bn, mn) || len(mn) <= len(bn) {
+						t.Errorf("%s: adapters %v; merged graph has %d nodes, base %d; base nodes in order: %v", pname, rep.Adapters, len(mn), len(bn), isSubsequence(bn, mn))
+					}
+				} else if !slices.Equal(bn, mn) {
+					t.Errorf("%s: merged nodes differ from the base's (%d vs %d)", pname, len(mn), len(bn))
+					for i := range min(len(bn), len(mn)) {
+						if bn[i] != mn[i] {
+							t.Logf("first difference at %d: base %q, merged %q", i, bn[i], mn[i])
+							break
+						}
+					}
+				}
+				for _, k := range []string{meta.KeyPlan, meta.KeyTrainable, meta.KeyBaseFingerprint} {
+					if _, ok := onnxio.Metadata(mm, k); ok {
+						t.Errorf("%s: merged model still has %s", pname, k)
+					}
+				}
+				if _, ok := onnxio.Metadata(mm, meta.KeyPreprocess); !ok {
+					t.Errorf("%s: merged model lost %s", pname, meta.KeyPreprocess)
+				}
+				if _, ok := onnxio.Metadata(mm, meta.KeyMerged); !ok {
+					t.Errorf("%s: merged model has no %s note", pname, meta.KeyMerged)
+				}
+				for _, in := range mm.Graph.Initializer {
+					if strings.HasPrefix(in.GetName(), "spt/") && !hasAdapters(p) {
+						t.Errorf("%s: merged model keeps injected initializer %s", pname, in.GetName())
+					}
+				}
+				t.Logf("%s: rel %.2g; %s", pname, r, strings.ReplaceAll(strings.TrimSpace(rep.String()), "\n", "; "))
+			}
+		})
+	}
+}
+
+// onnxChecker runs onnx.checker.check_model(full_check=True) (Debian's python3-onnx,
+// the independent oracle) on the models, if it is installed.
+func onnxChecker(t *testing.T, paths []string) {
+	t.Helper()
+	if len(paths) == 0 || exec.Command("/usr/bin/python3", "-c", "import onnx").Run() != nil {
+		t.Log("python3-onnx not available: onnx.checker not run")
+		return
+	}
+	script := "import onnx, sys\nfor p in sys.argv[1:]:\n    onnx.checker.check_model(onnx.load(p), full_check=True)\n"
+	out, err := exec.Command("/usr/bin/python3", append([]string{"-c", script}, paths...)...).CombinedOutput()
+	if err != nil {
+		t.Errorf("onnx.checker: %v\n%s", err, out)
+	}
+}
+
+func TestMergeRefusesBadInput(t *testing.T) {
+	base := load(t, fixtures(t)[0])
+	if _, err := export.Merge(clone(base.m), base.m); err == nil || !strings.Contains(err.Error(), "not made by `sptctl inject`") {
+		t.Errorf("merge of a base model: %v", err)
+	}
+	other := load(t, fixtures(t)[1])
+	tm := trained(t, base.m, plans(t, base)["lora"], false, 1)
+	before := nodeList(tm)
+	if _, err := export.Merge(tm, other.m); err == nil || !strings.Contains(err.Error(), "not the one the model was injected from") {
+		t.Errorf("merge against another base: %v", err)
+	}
+	if !slices.Equal(before, nodeList(tm)) {
+		t.Error("a failed merge changed the model")
+	}
+}
+
+// A base head without a bias gets one from inject (an Add); merging puts it into the
+// head Gemm's C input, so the node list stays the base's.
+func TestMergeHeadWithoutBias(t *testing.T) {
+	mustInitORT(t)
+	dir := t.TempDir()
+	for _, path := range []string{"../testdata/tv_op17_dynamic.onnx", "../testdata/tv_op14_static.onnx"} {
+		f := load(t, path)
+		h := f.v.Head.Node
+		if h.GetOpType() != "Gemm" || len(h.Input) != 3 {
+			t.Fatalf("%s: head %s", path, h.GetOpType())
+		}
+		h.Input = h.Input[:2]
+		f.g.RemoveDeadNodes()
+		basePath := save(t, f.m, filepath.Join(dir, "nobias.onnx"))
+		base := load(t, basePath)
+		if base.v.Head.Bias != "" {
+			t.Fatal("head still has a bias")
+		}
+		batch := base.v.Batch
+		if batch == 0 {
+			batch = 2
+		}
+		x := input(t, path, batch)
+		for _, pname := range []string{"lora", "hand"} {
+			tm := trained(t, base.m, plans(t, base)[pname], false, 4)
+			want := runORT(t, save(t, tm, filepath.Join(dir, "trained.onnx")), x)
+			mm := clone(tm)
+			if _, err := export.Merge(mm, base.m); err != nil {
+				t.Fatal(err)
+			}
+			got := runORT(t, save(t, mm, filepath.Join(dir, "merged.onnx")), x)
+			if r := rel(got, want); r > 1e-5 {
+				t.Errorf("%s %s: merged vs trained %.3g", path, pname, r)
+			}
+			if !slices.Equal(nodeList(base.m), nodeList(mm)) {
+				t.Errorf("%s %s: node list differs from the base's", path, pname)
+			}
+		}
+	}
+}
