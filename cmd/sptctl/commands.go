@@ -14,6 +14,7 @@ func commands() []*cli.Command {
 		exportCommand(),
 		evalCommand(),
 		runCommand(),
+		tuneCommand(),
 	}
 	for _, c := range cmds {
 		markUsageErrors(c)
