@@ -48,7 +48,7 @@ func TestAllocateAndInject(t *testing.T) {
 	}
 	var sum struct {
 		Budget, Trainable, SparseEntries int64
-		Structured, Vectors            []string
+		Structured, Vectors              []string
 	}
 	if err := json.Unmarshal([]byte(out), &sum); err != nil {
 		t.Fatalf("allocate --json: %v\n%s", err, out)
