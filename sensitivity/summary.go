@@ -181,6 +181,7 @@ func (s *Summary) Plot(path, title string) error {
 		p.Legend.Add(kind, bars)
 	}
 	p.Legend.Top = true
+	p.Y.Min = 0
 	names := make([]string, len(s.Share))
 	for b := range names {
 		names[b] = fmt.Sprint(b)
