@@ -11,7 +11,6 @@
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-ROOT=$PWD
 
 GOTCH_VERSION=v0.8.0
 ORT_NPM_VERSION=1.30.0
@@ -28,6 +27,8 @@ as_root() {
 	if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
 }
 sha() { sha256sum "$@" | awk '{print $1}'; }
+CLEANUP=()
+trap 'rm -rf "${CLEANUP[@]}"' EXIT
 
 # ------------------------------------------------------------------ a. Debian packages
 missing_packages() {
@@ -128,8 +129,7 @@ step_onnxruntime() {
 	command -v npm >/dev/null 2>&1 || die "onnxruntime: npm is not installed"
 	local tmp
 	tmp=$(mktemp -d)
-	# shellcheck disable=SC2064
-	trap "rm -rf '$tmp'" RETURN
+	CLEANUP+=("$tmp")
 	local tgz
 	if ! tgz=$(cd "$tmp" && npm pack --silent --ignore-scripts "onnxruntime-node@$ORT_NPM_VERSION" 2>"$tmp/npm.log"); then
 		cat "$tmp/npm.log" >&2
@@ -142,8 +142,10 @@ step_onnxruntime() {
 	local got="$tmp/package/bin/napi-v6/linux/x64/libonnxruntime.so.1"
 	is_elf_shared_object "$got" || die "onnxruntime: $tgz's libonnxruntime.so.1 is not an ELF shared object"
 	mkdir -p "$dst"
-	chmod 0644 "$got"
-	mv -f "$got" "$lib"
+	# Copy beside the target, then rename: a running test never sees half a file.
+	cp "$got" "$lib.new.$$" && chmod 0644 "$lib.new.$$" && mv -f "$lib.new.$$" "$lib" ||
+		die "onnxruntime: cannot write $lib"
+	rm -rf "$tmp"
 	printf '%s %s\n' "$key" "$(sha "$lib")" >"$stamp"
 	say "onnxruntime ok ($lib from $key)"
 }

@@ -605,7 +605,7 @@ func (p *Program) Param(name string) *ts.Tensor {
 	return nil
 }
 
-// Shape returns the shape of a float initializer.
+// ParamShape returns the shape of a float initializer.
 func (p *Program) ParamShape(name string) ([]int64, bool) {
 	pr, ok := p.params[name]
 	if !ok {

@@ -85,7 +85,7 @@ func init() {
 	ops = map[string]opFunc{
 		"Add": binaryOp("Add"), "Sub": binaryOp("Sub"), "Mul": binaryOp("Mul"), "Div": binaryOp("Div"),
 		"Pow": opPow, "Equal": binaryOp("Equal"), "Less": binaryOp("Less"), "Greater": binaryOp("Greater"),
-		"And": binaryOp("And"), "Or": binaryOp("Or"), "Max": binaryOp("Max"), "Min": binaryOp("Min"),
+		"And": binaryOp("And"), "Or": binaryOp("Or"), "Max": variadic("Max"), "Min": variadic("Min"),
 		"Sqrt": unary("Sqrt"), "Erf": unary("Erf"), "Tanh": unary("Tanh"), "Relu": unary("Relu"),
 		"Sigmoid": unary("Sigmoid"), "Neg": unary("Neg"), "Exp": unary("Exp"), "Log": unary("Log"),
 		"Abs": unary("Abs"), "Reciprocal": unary("Reciprocal"), "Floor": unary("Floor"),
@@ -208,6 +208,37 @@ func binaryOp(op string) opFunc {
 				return one(a.Minimum(b, false))
 			}
 			return nil, fmt.Errorf("unknown binary op %s", op)
+		}, nil
+	}
+}
+
+// variadic folds a binary op over 1..N inputs (Max, Min).
+func variadic(op string) opFunc {
+	return func(c *nodeCtx) (kernel, error) {
+		bin, _ := binaryOp(op)(c)
+		return func(r *runCtx, in []value) ([]value, error) {
+			if len(in) == 0 || in[0].none() {
+				return nil, errors.New("missing input")
+			}
+			acc := in[0]
+			var owned *ts.Tensor
+			for _, v := range in[1:] {
+				out, err := bin(r, []value{acc, v})
+				if owned != nil {
+					owned.Drop()
+				}
+				if err != nil {
+					return nil, err
+				}
+				acc, owned = out[0], out[0].t
+			}
+			if owned == nil { // one input
+				if acc.h != nil {
+					return []value{{h: acc.h}}, nil
+				}
+				return clone(acc.t)
+			}
+			return []value{acc}, nil
 		}, nil
 	}
 }

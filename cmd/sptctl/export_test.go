@@ -128,7 +128,7 @@ func TestExportMerge(t *testing.T) {
 			if err := json.Unmarshal([]byte(stdout), &res); err != nil {
 				t.Fatalf("bad JSON: %v\n%s", err, stdout)
 			}
-			if res.Merge == nil || res.Mode != "merge" || len(res.Parity) != 1 || res.Parity[0].Rel > 1e-5 || res.Parity[0].Inputs < 4 {
+			if res.Merge == nil || res.Mode != "merge" || !parityHolds(res.Parity, 4) {
 				t.Errorf("%s %s: %s", name, typ, stdout)
 			}
 			if !strings.Contains(stderr, "recorded by inject") || !strings.Contains(stderr, "parity: ONNX Runtime on the export") {
@@ -269,10 +269,24 @@ func TestExportParityOnData(t *testing.T) {
 	}
 	var res exportResult
 	json.Unmarshal([]byte(stdout), &res)
-	if len(res.Parity) != 1 || res.Parity[0].Inputs != 6 { // 5 samples in batches of 2
+	if !parityHolds(res.Parity, 6) || res.Parity[0].Inputs != 6 { // 5 samples in batches of 2
 		t.Errorf("parity %+v", res.Parity)
 	}
 	if !strings.Contains(stderr, "parity samples: 5 images") || !strings.Contains(stderr, "from the model") {
 		t.Errorf("stderr %s", stderr)
 	}
+}
+
+// parityHolds reports whether an export checked every executor (the libtorch one and
+// ONNX Runtime on the export) on at least n inputs, all within 1e-5.
+func parityHolds(ps []parityResult, n int) bool {
+	if len(ps) != 1+len(parityCheckers) || !strings.HasPrefix(ps[0].What, "libtorch executor") {
+		return false
+	}
+	for _, p := range ps {
+		if p.Rel > 1e-5 || p.Inputs < n {
+			return false
+		}
+	}
+	return true
 }
