@@ -23,7 +23,7 @@ test: setup
 	$(GO) test ./...
 
 demo: build
-	./bin/sptctl inspect testdata/tv_op17_dynamic.onnx
+	./scripts/demo.sh
 
 # clean removes build outputs; distclean also what setup fetched and patched.
 clean:

@@ -24,7 +24,7 @@ const fashionMNIST = "/usr/share/datasets/fashion-mnist"
 func fewShot(t *testing.T, dir, classes string, test int) string {
 	t.Helper()
 	if _, err := os.Stat(fashionMNIST); err != nil {
-		t.Skipf("Fashion-MNIST not installed: %v", err)
+		t.Fatalf("Fashion-MNIST not installed (make setup installs dataset-fashion-mnist): %v", err)
 	}
 	cs, err := data.ParseClasses(classes)
 	if err != nil {

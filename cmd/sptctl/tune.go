@@ -12,6 +12,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/sptctl/sptctl/inject"
 	"github.com/sptctl/sptctl/onnxio"
 )
 
@@ -73,7 +74,8 @@ type tuneReport struct {
 	Train     json.RawMessage    `json:"train"`
 	Stages    []stageTime        `json:"stages"`
 	Files     map[string]string  `json:"files"`
-	Where     map[string]float64 `json:"sensitive_share_by_layer,omitempty"`
+	// Allocation is the plan as a block × layer table (where the budget went).
+	Allocation string `json:"allocation"`
 }
 
 type stageTime struct {
@@ -157,6 +159,11 @@ func runTune(c *cli.Context) error {
 		return err
 	}
 	r.Trainable = sum.Trainable
+	if p, err := inject.LoadPlan(file("plan.json")); err == nil {
+		var tb strings.Builder
+		printPlan(&tb, p)
+		r.Allocation = tb.String()
+	}
 	r.Share = float64(sum.Trainable) / float64(max(r.Backbone, 1))
 	if _, err := stage("inject", "inject", "--model", model, "--plan", file("plan.json"), "--out", file("tunable.onnx"),
 		"--dropout", fmt.Sprint(c.Float64("dropout")), "--seed", seed); err != nil {
@@ -246,6 +253,9 @@ func (r *tuneReport) markdown() string {
 	fmt.Fprintf(&b, "| test top-1 after training | %.2f%% (%d images) |\n", 100*r.After, r.TestN)
 	fmt.Fprintf(&b, "| merged model, ONNX Runtime | %.2f%% |\n", 100*r.Merged)
 	fmt.Fprintf(&b, "| sidecar model, ONNX Runtime | %.2f%% |\n\n", 100*r.Sidecar)
+	if r.Allocation != "" {
+		fmt.Fprintf(&b, "where the trainable parameters went:\n\n```\n%s```\n\n", r.Allocation)
+	}
 	fmt.Fprintf(&b, "| stage | seconds |\n|---|---:|\n")
 	for _, s := range r.Stages {
 		fmt.Fprintf(&b, "| %s | %.1f |\n", s.Stage, s.Seconds)

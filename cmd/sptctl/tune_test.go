@@ -1,0 +1,80 @@
+package main
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+
+	"github.com/sptctl/sptctl/data"
+	"github.com/sptctl/sptctl/internal/npy"
+)
+
+// TestTuneEndToEnd runs the whole pipeline on a fixture and a carved Fashion-MNIST
+// task: training must clearly beat the untrained head, and the merged and sidecar
+// exports must predict what the trained model predicts, under ONNX Runtime.
+func TestTuneEndToEnd(t *testing.T) {
+	dir := t.TempDir()
+	task := filepath.Join(dir, "task")
+	if err := data.FewShot(data.FewShotOptions{From: fashionMNIST, Classes: []int{0, 1, 2, 3, 4}, Train: 160, Val: 40, Test: 100, Seed: 5, Out: task}); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(dir, "run")
+	code, stdout, stderr := sptctl(t, "tune", "--model", "../../testdata/tv_op17_alias.onnx", "--data", task, "--out", out,
+		"--budget", "10%", "--sens-batches", "2", "--epochs", "8", "--warmup", "1", "--batch-size", "32", "--lr", "5e-3", "--json")
+	if code != 0 {
+		t.Fatalf("tune: exit %d\n%s", code, stderr)
+	}
+	var r tuneReport
+	if err := json.Unmarshal([]byte(stdout), &r); err != nil {
+		t.Fatalf("report: %v\n%s", err, stdout)
+	}
+	t.Logf("top-1 before %.3f, after %.3f, merged %.3f, sidecar %.3f; %d trainable", r.Before, r.After, r.Merged, r.Sidecar, r.Trainable)
+	if r.After < r.Before+0.15 || r.After < 0.4 {
+		t.Errorf("test top-1 %.3f after training vs %.3f before: not clearly better (chance 0.2)", r.After, r.Before)
+	}
+	for _, f := range []string{"report.json", "report.md", "plan.json", "scores.safetensors", "sensitivity.png", "merged.onnx", "trained.onnx", "sidecar/base.data", "sidecar/task.onnx", "sidecar/task.data"} {
+		if _, err := os.Stat(filepath.Join(out, f)); err != nil {
+			t.Errorf("tune did not write %s", f)
+		}
+	}
+	// Same predictions from the trained, merged and sidecar models on test images.
+	ds, _ := data.Open(task)
+	test, _ := ds.Split("test")
+	pre := data.DefaultPreprocess(1, 28, 28)
+	n := 40
+	x := make([]float32, n*28*28)
+	for i := 0; i < n; i++ {
+		img, err := test.Image(i)
+		if err != nil {
+			t.Fatal(err)
+		}
+		data.Tensor(img, pre, x[i*784:(i+1)*784])
+	}
+	in := filepath.Join(dir, "x.npy")
+	npy.Write(in, &npy.Array{Shape: []int64{int64(n), 1, 28, 28}, Float32: x})
+	predict := func(model string) []int {
+		y := filepath.Join(dir, filepath.Base(model)+".y.npy")
+		if code, _, stderr := sptctl(t, "run", "--model", model, "--input", in, "--output", y); code != 0 {
+			t.Fatalf("run %s: %s", model, stderr)
+		}
+		a, err := npy.Read(y)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := int(a.Shape[1])
+		var p []int
+		for i := 0; i < n; i++ {
+			row := a.Float32[i*c : (i+1)*c]
+			p = append(p, slices.Index(row, slices.Max(row)))
+		}
+		return p
+	}
+	want := predict(filepath.Join(out, "trained.onnx"))
+	for _, m := range []string{"merged.onnx", "sidecar/task.onnx"} {
+		if got := predict(filepath.Join(out, m)); !slices.Equal(got, want) {
+			t.Errorf("%s predicts %v, the trained model %v", m, got, want)
+		}
+	}
+}
