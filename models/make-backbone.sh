@@ -8,17 +8,17 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 SPTCTL=${SPTCTL:-./bin/sptctl}
-EPOCHS=${EPOCHS:-12}
+EPOCHS=${EPOCHS:-8}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
 /usr/bin/python3 models/make_init.py "$work/init.onnx"
 "$SPTCTL" data fewshot --from /usr/share/datasets/fashion-mnist --classes 0-4 \
-	--train 10000 --val 1000 --test 0 --seed 0 --out "$work/upstream"
+	--train 4000 --val 500 --test 0 --seed 0 --out "$work/upstream"
 "$SPTCTL" allocate --model "$work/init.onnx" --strategy full --classes 5 --out "$work/plan.json" >/dev/null
 "$SPTCTL" inject --model "$work/init.onnx" --plan "$work/plan.json" --keep-head --dropout 0 --out "$work/tunable.onnx"
 "$SPTCTL" train --model "$work/tunable.onnx" --data "$work/upstream" --epochs "$EPOCHS" --warmup 1 \
-	--batch-size 64 --lr 1e-3 --weight-decay 0.05 --val-every 4 --seed 0 --out "$work/trained.onnx"
+	--batch-size 64 --lr 1e-3 --weight-decay 0.05 --val-every 2 --seed 0 --out "$work/trained.onnx"
 "$SPTCTL" export --model "$work/trained.onnx" --base "$work/init.onnx" --merge --out models/vit-fmnist.onnx
 "$SPTCTL" eval --model models/vit-fmnist.onnx --data "$work/upstream" --split test --json > models/vit-fmnist.upstream.json
 cat models/vit-fmnist.upstream.json
