@@ -35,6 +35,7 @@ func evalCommand() *cli.Command {
 			&cli.StringFlag{Name: "split", Usage: "split to evaluate", Value: "test"},
 			&cli.IntFlag{Name: "batch-size", Usage: "images per run (a model with a fixed batch size uses its own)", Value: 64},
 			&cli.BoolFlag{Name: "json", Usage: "print machine-readable JSON"},
+			adapterFlag(),
 		},
 		Action: runEval,
 	}
@@ -59,6 +60,11 @@ func runEval(c *cli.Context) error {
 		return err
 	}
 	defer s.Close()
+	runFn, done, err := withAdapter(c, s, modelPath)
+	if err != nil {
+		return err
+	}
+	defer done()
 	in, err := imageInput(s)
 	if err != nil {
 		return fmt.Errorf("%s: %w", modelPath, err)
@@ -123,7 +129,7 @@ func runEval(c *cli.Context) error {
 			x.Shape[0] = in.Batch
 			x.Data = append(b.Images, make([]float32, (in.Batch-rows)*int64(size))...)
 		}
-		y, err := s.Run(map[string]ort.Tensor{in.Name: x})
+		y, err := runFn(map[string]ort.Tensor{in.Name: x})
 		if err != nil {
 			return err
 		}
@@ -261,6 +267,7 @@ func runCommand() *cli.Command {
 			&cli.StringFlag{Name: "model", Usage: "`MODEL` (ONNX)", Required: true},
 			&cli.StringFlag{Name: "input", Usage: "input array `x.npy`", Required: true},
 			&cli.StringFlag{Name: "output", Usage: "output array `y.npy` to write", Required: true},
+			adapterFlag(),
 		},
 		Action: func(c *cli.Context) error {
 			modelPath, inPath, outPath := c.String("model"), c.String("input"), c.String("output")
@@ -269,6 +276,11 @@ func runCommand() *cli.Command {
 				return err
 			}
 			defer s.Close()
+			runFn, done, err := withAdapter(c, s, modelPath)
+			if err != nil {
+				return err
+			}
+			defer done()
 			ins := s.Inputs()
 			if len(ins) != 1 {
 				return fmt.Errorf("%s has %d inputs; run feeds one", modelPath, len(ins))
@@ -289,7 +301,7 @@ func runCommand() *cli.Command {
 			if !fits || len(a.Shape) == 0 {
 				return fmt.Errorf("%s has shape %v, but %s of %s does not take it", inPath, a.Shape, describeInput(want), modelPath)
 			}
-			y, err := s.Run(map[string]ort.Tensor{want.Name: {Shape: a.Shape, Data: a.Float32, Int64: a.Int64}})
+			y, err := runFn(map[string]ort.Tensor{want.Name: {Shape: a.Shape, Data: a.Float32, Int64: a.Int64}})
 			if err != nil {
 				return err
 			}

@@ -58,7 +58,7 @@ func exportCommand() *cli.Command {
 			"inject recorded. Before anything is written, ONNX Runtime runs the trained and the\n" +
 			"exported model on a few inputs (--data samples, or random ones); export refuses if\n" +
 			"they differ by more than 1e-5 (relative to the largest output).",
-		Flags: []cli.Flag{
+		Flags: append([]cli.Flag{
 			&cli.StringFlag{Name: "model", Usage: "`TRAINED` model (from sptctl train, or an injected one)", Required: true},
 			&cli.BoolFlag{Name: "merge", Usage: "fold the task into the base weights"},
 			&cli.StringFlag{Name: "out", Usage: "`FILE` to write the merged model to (with --merge)"},
@@ -69,7 +69,7 @@ func exportCommand() *cli.Command {
 			&cli.StringFlag{Name: "split", Usage: "split of --data to take the parity samples from", Value: "test"},
 			&cli.IntFlag{Name: "samples", Usage: "inputs the parity check runs", Value: 4},
 			&cli.BoolFlag{Name: "json", Usage: "print machine-readable JSON"},
-		},
+		}, adapterFlags()...),
 		Action: runExport,
 	}
 }
@@ -93,6 +93,9 @@ type parityResult struct {
 }
 
 func runExport(c *cli.Context) error {
+	if c.String("adapters") != "" {
+		return runAdapterExport(c)
+	}
 	modelPath := c.String("model")
 	merge, dir, task, out := c.Bool("merge"), c.String("sidecar"), c.String("task"), c.String("out")
 	switch {

@@ -1,0 +1,429 @@
+package adapter
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"slices"
+	"strconv"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/sptctl/sptctl/inject"
+	"github.com/sptctl/sptctl/internal/meta"
+	"github.com/sptctl/sptctl/onnxio"
+	"github.com/sptctl/sptctl/onnxio/onnxpb"
+	"github.com/sptctl/sptctl/surgery"
+)
+
+// KeyReady is the metadata_props key under which an adapter-ready model records its
+// ReadyInfo (JSON).
+const KeyReady = "sptctl.adapter_ready"
+
+// ReadyVersion is the version of ReadyInfo this package writes and reads.
+const ReadyVersion = 1
+
+// PadLogit is the bias of the head's padded classes: a task with fewer classes than
+// the ready graph's head gets zero weights and this bias there, so those logits are
+// the lowest float32 and never win an argmax or take softmax mass. The task's own
+// logits are the first Classes (ReadyInfo.TaskClasses, TaskClasses).
+var PadLogit = float32(-math.MaxFloat32)
+
+// ReadyInfo describes an adapter-ready model.
+type ReadyInfo struct {
+	Version         int    `json:"version"`
+	BaseFingerprint string `json:"base_fingerprint"`
+	Tasks           int    `json:"tasks"`        // how many task plans the graph is the union of
+	Classes         int    `json:"classes"`      // the head's outputs: the largest class count
+	BaseClasses     int    `json:"base_classes"` // the base model's head outputs (the default head)
+	HeadIn          int    `json:"head_in"`
+	HeadLayout      string `json:"head_layout"` // "[out,in]" or "[in,out]": how the head weight is stored
+	// Inputs are the adapter inputs, in graph-input order.
+	Inputs []InputInfo `json:"inputs"`
+	Note   string      `json:"note"`
+}
+
+// InputInfo is one adapter input of a ready model.
+type InputInfo struct {
+	Name     string  `json:"name"`
+	Of       string  `json:"of"`   // what it belongs to (plan layer or vector name, head.weight, ...)
+	Role     string  `json:"role"` // lora_A, lora_B, adapter_*, sparse_values, sparse_indices, whole
+	Dims     []int64 `json:"dims"`
+	DataType string  `json:"data_type"` // FLOAT or INT64
+}
+
+// Info returns the ReadyInfo an adapter-ready model records, or an error saying the
+// model is not one.
+func Info(ready *onnxpb.ModelProto) (*ReadyInfo, error) {
+	info := &ReadyInfo{}
+	ok, err := meta.Get(ready, KeyReady, info)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return nil, errors.New("not an adapter-ready model (no " + KeyReady + " metadata; make one with `sptctl export --adapters`)")
+	}
+	if info.Version != ReadyVersion {
+		return nil, fmt.Errorf("adapter-ready model version %d is not supported (this sptctl reads version %d)", info.Version, ReadyVersion)
+	}
+	return info, nil
+}
+
+// taskPlan reads the plan inject stored in a task model, with its injected records.
+func taskPlan(m *onnxpb.ModelProto, what string) (*inject.Plan, error) {
+	s, ok := onnxio.Metadata(m, meta.KeyPlan)
+	if !ok {
+		return nil, fmt.Errorf("%s has no SPT plan in its metadata (not made by `sptctl inject`)", what)
+	}
+	p, err := inject.DecodePlan([]byte(s))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	if len(p.Injected) == 0 {
+		return nil, fmt.Errorf("%s: its plan lists no injected tensors (not made by `sptctl inject`)", what)
+	}
+	if fp, ok := onnxio.Metadata(m, meta.KeyBaseFingerprint); ok && fp != p.BaseFingerprint {
+		return nil, fmt.Errorf("%s: its plan and its metadata name different base models", what)
+	}
+	return p, nil
+}
+
+// BuildReady makes the adapter-ready model for tasks, each a model made by inject
+// from base (and trained, or not): base with the union of the tasks' plans injected,
+// every injected tensor a graph input whose default initializer makes the model
+// compute base's function:
+//
+//   - a layer with a LoRA in any task gets one LoRA of the largest rank (A, B default
+//     zero; a task of smaller rank fills the first rows of A and columns of B, the
+//     rest zero); an Adapter likewise (all four tensors default zero: U = 0, d = 0 is
+//     the identity);
+//   - sparse deltas (values and indices, both inputs) cover the union of the tasks'
+//     index sets per layer or vector, values default zero (a task's values go to its
+//     indices, zero elsewhere); a layer trained whole in any task is whole (default
+//     base weights; other tasks' LoRA and sparse deltas fold into it exactly);
+//   - vectors, the class token and (full strategy) embeddings trained by any task are
+//     inputs defaulting to the base values;
+//   - the head has max(task classes, base classes) outputs and defaults to the base
+//     model's head; smaller heads are padded with zero weights and PadLogit biases.
+//
+// It fails when tasks were tuned from different bases, or when one task has a LoRA
+// and another an Adapter on the same layer (one graph cannot hold both there), or an
+// Adapter where another task trains the whole matrix. The inputs are not changed.
+func BuildReady(base *onnxpb.ModelProto, tasks []*onnxpb.ModelProto) (*onnxpb.ModelProto, error) {
+	if len(tasks) == 0 {
+		return nil, errors.New("adapter-ready model: no tasks")
+	}
+	fp, err := onnxio.Fingerprint(base.GetGraph())
+	if err != nil {
+		return nil, err
+	}
+	plans := make([]*inject.Plan, len(tasks))
+	for i, t := range tasks {
+		p, err := taskPlan(t, fmt.Sprintf("task %d", i+1))
+		if err != nil {
+			return nil, err
+		}
+		if p.BaseFingerprint != fp {
+			return nil, fmt.Errorf("task %d was tuned from another base model (its base %s, this base %s)", i+1, shortFP(p.BaseFingerprint), shortFP(fp))
+		}
+		plans[i] = p
+	}
+	bv, err := surgery.FindViT(surgery.New(base))
+	if err != nil {
+		return nil, err
+	}
+	union, err := unionPlan(plans, bv)
+	if err != nil {
+		return nil, err
+	}
+	ready := proto.Clone(base).(*onnxpb.ModelProto)
+	if err := inject.Apply(ready, union, inject.ApplyOptions{}); err != nil {
+		return nil, fmt.Errorf("adapter-ready model: %w", err)
+	}
+	stored, err := taskPlan(ready, "adapter-ready model")
+	if err != nil {
+		return nil, err
+	}
+	g := surgery.New(ready)
+	baseHead, err := baseHeadTensors(base, bv, union.Head.Classes)
+	if err != nil {
+		return nil, err
+	}
+	info := &ReadyInfo{Version: ReadyVersion, BaseFingerprint: fp, Tasks: len(tasks), Classes: union.Head.Classes,
+		BaseClasses: bv.Head.Out, HeadIn: bv.Head.In, HeadLayout: bv.Head.Layout.String(),
+		Note: "inputs default to the base model's function; heads of fewer classes are padded (zero weights, bias PadLogit = -FLT_MAX)"}
+	seen := map[string]bool{}
+	gp := ready.GetGraph()
+	for _, r := range stored.Injected {
+		t := g.Initializer(r.Init)
+		if t == nil {
+			return nil, fmt.Errorf("adapter-ready model: injected tensor %s is not an initializer", r.Init)
+		}
+		if seen[r.Init] {
+			continue
+		}
+		seen[r.Init] = true
+		switch {
+		case r.Of == "head.weight" || r.Of == "head.bias":
+			if err := onnxio.SetFloats(t, baseHead[r.Of]); err != nil {
+				return nil, fmt.Errorf("adapter-ready model: %w", err)
+			}
+		case isDelta(r.Role):
+			if err := onnxio.SetFloats(t, make([]float32, onnxio.NumElements(t.Dims))); err != nil {
+				return nil, fmt.Errorf("adapter-ready model: %w", err)
+			}
+		}
+		gp.Input = append(gp.Input, valueInfo(t))
+		info.Inputs = append(info.Inputs, InputInfo{Name: r.Init, Of: r.Of, Role: r.Role, Dims: slices.Clone(t.Dims), DataType: typeName(t.GetDataType())})
+	}
+	ready.MetadataProps = slices.DeleteFunc(ready.MetadataProps, func(e *onnxpb.StringStringEntryProto) bool {
+		return e.GetKey() == meta.KeyTrainable || e.GetKey() == meta.KeyHeadSeed
+	})
+	onnxio.SetMetadata(ready, meta.KeyClasses, strconv.Itoa(union.Head.Classes))
+	if err := meta.Set(ready, KeyReady, info); err != nil {
+		return nil, err
+	}
+	return ready, nil
+}
+
+// isDelta reports whether an injected role is a delta whose zero is "no change".
+func isDelta(role string) bool {
+	switch role {
+	case "lora_A", "lora_B", "adapter_down", "adapter_down_bias", "adapter_up", "adapter_up_bias", "sparse_values":
+		return true
+	}
+	return false
+}
+
+func valueInfo(t *onnxpb.TensorProto) *onnxpb.ValueInfoProto {
+	dims := make([]*onnxpb.TensorShapeProto_Dimension, len(t.Dims))
+	for i, d := range t.Dims {
+		dims[i] = &onnxpb.TensorShapeProto_Dimension{Value: &onnxpb.TensorShapeProto_Dimension_DimValue{DimValue: d}}
+	}
+	return &onnxpb.ValueInfoProto{
+		Name: proto.String(t.GetName()),
+		Type: &onnxpb.TypeProto{Value: &onnxpb.TypeProto_TensorType{TensorType: &onnxpb.TypeProto_Tensor{
+			ElemType: proto.Int32(t.GetDataType()),
+			Shape:    &onnxpb.TensorShapeProto{Dim: dims},
+		}}},
+	}
+}
+
+func shortFP(fp string) string {
+	if len(fp) > 23 {
+		return fp[:23] + "…"
+	}
+	return fp
+}
+
+// baseHeadTensors are the base model's head weight and bias padded to classes
+// outputs (zero weights, PadLogit biases), in the head weight's stored layout.
+func baseHeadTensors(base *onnxpb.ModelProto, v *surgery.ViT, classes int) (map[string][]float32, error) {
+	g := surgery.New(base)
+	h := v.Head
+	wt := g.Initializer(h.Weight)
+	if wt == nil {
+		return nil, fmt.Errorf("base head weight %s is not an initializer", h.Weight)
+	}
+	w, err := onnxio.Floats(wt)
+	if err != nil {
+		return nil, err
+	}
+	b := make([]float32, h.Out)
+	if h.Bias != "" {
+		bt := g.Initializer(h.Bias)
+		if bt == nil {
+			return nil, fmt.Errorf("base head bias %s is not an initializer", h.Bias)
+		}
+		if b, err = onnxio.Floats(bt); err != nil {
+			return nil, err
+		}
+	}
+	pw, pb, err := padHead(w, b, h.In, h.Out, classes, h.Layout.String())
+	if err != nil {
+		return nil, fmt.Errorf("base head: %w", err)
+	}
+	return map[string][]float32{"head.weight": pw, "head.bias": pb}, nil
+}
+
+// padHead pads a head of c classes on in features to classes classes.
+func padHead(w, b []float32, in, c, classes int, layout string) ([]float32, []float32, error) {
+	if len(w) != in*c || len(b) != c {
+		return nil, nil, fmt.Errorf("head of %d weights and %d biases is not %d×%d", len(w), len(b), c, in)
+	}
+	if c > classes {
+		return nil, nil, fmt.Errorf("head has %d classes, the adapter-ready model %d", c, classes)
+	}
+	pw := make([]float32, in*classes)
+	if layout == surgery.OutIn.String() {
+		copy(pw, w) // [c, in] rows are the first rows of [classes, in]
+	} else {
+		for i := 0; i < in; i++ {
+			copy(pw[i*classes:i*classes+c], w[i*c:(i+1)*c])
+		}
+	}
+	pb := make([]float32, classes)
+	copy(pb, b)
+	for k := c; k < classes; k++ {
+		pb[k] = PadLogit
+	}
+	return pw, pb, nil
+}
+
+// unionPlan is the plan whose injection holds every task's tuned tensors.
+func unionPlan(plans []*inject.Plan, v *surgery.ViT) (*inject.Plan, error) {
+	p0 := plans[0]
+	u := &inject.Plan{Version: inject.PlanVersion, BaseFingerprint: p0.BaseFingerprint, Dim: p0.Dim, Blocks: p0.Blocks,
+		Options:  inject.PlanOptions{Strategy: "adapter-union", Type: p0.Options.Type, Alpha: p0.Options.Alpha, Beta: p0.Options.Beta, LoRAScaling: 1},
+		Layers:   []inject.LayerPlan{},
+		Vectors:  []inject.VectorPlan{},
+		Note:     fmt.Sprintf("union of %d task plans for an adapter-ready model", len(plans)),
+		Injected: nil}
+	classes := v.Head.Out
+	layerAt := map[string]int{}
+	vecAt := map[string]int{}
+	type use struct{ lora, adapter, full string } // a task using the mode, for errors
+	uses := map[string]*use{}
+	for ti, p := range plans {
+		task := fmt.Sprintf("task %d", ti+1)
+		if p.Head.In != v.Head.In {
+			return nil, fmt.Errorf("%s: its head has %d inputs, the base model's %d", task, p.Head.In, v.Head.In)
+		}
+		classes = max(classes, p.Head.Classes)
+		for _, l := range p.Layers {
+			i, ok := layerAt[l.Name]
+			if !ok {
+				i = len(u.Layers)
+				layerAt[l.Name] = i
+				c := l
+				c.Mode, c.Rank, c.Indices, c.Sensitive = inject.ModeSparse, 0, nil, 0
+				u.Layers = append(u.Layers, c)
+				uses[l.Name] = &use{}
+			}
+			ul := &u.Layers[i]
+			if ul.Weight != l.Weight || ul.In != l.In || ul.Out != l.Out || ul.Offset != l.Offset {
+				return nil, fmt.Errorf("%s: layer %s differs from another task's (same base?)", task, l.Name)
+			}
+			us := uses[l.Name]
+			switch l.Mode {
+			case inject.ModeLoRA:
+				us.lora = task
+				ul.Rank = max(ul.Rank, l.Rank)
+			case inject.ModeAdapter:
+				us.adapter = task
+				ul.Rank = max(ul.Rank, l.Rank)
+			case inject.ModeFull:
+				us.full = task
+			}
+			ul.Indices = unionIndices(ul.Indices, l.Indices)
+		}
+		for _, x := range p.Vectors {
+			i, ok := vecAt[x.Name]
+			if !ok {
+				i = len(u.Vectors)
+				vecAt[x.Name] = i
+				c := x
+				c.Mode, c.Indices, c.Sensitive = inject.ModeSparse, nil, 0
+				u.Vectors = append(u.Vectors, c)
+			}
+			uv := &u.Vectors[i]
+			if uv.Init != x.Init || uv.Offset != x.Offset || uv.Size != x.Size {
+				return nil, fmt.Errorf("%s: vector %s differs from another task's (same base?)", task, x.Name)
+			}
+			if x.Mode == inject.ModeFull || uv.Mode == inject.ModeFull {
+				uv.Mode, uv.Indices = inject.ModeFull, nil
+			} else {
+				uv.Indices = unionIndices(uv.Indices, x.Indices)
+			}
+		}
+		if p.ClassToken != nil && u.ClassToken == nil {
+			c := *p.ClassToken
+			u.ClassToken = &c
+		}
+		for _, e := range p.Extra {
+			if !slices.ContainsFunc(u.Extra, func(x inject.TensorPlan) bool { return x.Name == e.Name }) {
+				u.Extra = append(u.Extra, e)
+			}
+		}
+	}
+	for i := range u.Layers {
+		l := &u.Layers[i]
+		us := uses[l.Name]
+		switch {
+		case us.lora != "" && us.adapter != "":
+			return nil, fmt.Errorf("layer %s has a LoRA in %s and an Adapter in %s: one adapter-ready graph cannot hold both on one layer; tune the tasks with the same --type, or serve them as merged models", l.Name, us.lora, us.adapter)
+		case us.full != "" && us.adapter != "":
+			return nil, fmt.Errorf("layer %s is trained whole in %s and has an Adapter in %s: one adapter-ready graph cannot hold both", l.Name, us.full, us.adapter)
+		case us.full != "":
+			l.Mode, l.Rank, l.Indices = inject.ModeFull, 0, nil
+			l.Params = int64(l.In) * int64(l.Out)
+		case us.lora != "":
+			l.Mode = inject.ModeLoRA
+			l.Params = int64(l.Rank)*int64(l.In+l.Out) + int64(len(l.Indices))
+		case us.adapter != "":
+			l.Mode = inject.ModeAdapter
+			l.Params = int64(l.Rank)*int64(2*l.Out) + int64(l.Rank) + int64(l.Out) + int64(len(l.Indices))
+		default:
+			l.Params = int64(len(l.Indices))
+		}
+		u.Options.Rank = max(u.Options.Rank, l.Rank)
+	}
+	// A fused q/k/v weight is trained whole in all three parts or in none.
+	for i := range u.Layers {
+		l := &u.Layers[i]
+		if l.Mode != inject.ModeFull || !l.Fused {
+			continue
+		}
+		for j := range u.Layers {
+			o := &u.Layers[j]
+			if o.Weight == l.Weight && o.Mode != inject.ModeFull {
+				if uses[o.Name].adapter != "" {
+					return nil, fmt.Errorf("layer %s has an Adapter while the fused weight it shares is trained whole", o.Name)
+				}
+				o.Mode, o.Rank, o.Indices = inject.ModeFull, 0, nil
+				o.Params = int64(o.In) * int64(o.Out)
+			}
+		}
+	}
+	for i := range u.Vectors {
+		x := &u.Vectors[i]
+		if x.Mode == inject.ModeFull {
+			x.Params = int64(x.Size)
+		} else {
+			x.Params = int64(len(x.Indices))
+		}
+	}
+	u.Head = inject.HeadPlan{In: v.Head.In, Classes: classes, Params: int64(v.Head.In+1) * int64(classes), Weight: v.Head.Weight, Bias: v.Head.Bias}
+	u.Options.Classes = classes
+	u.Recount()
+	u.Budget = u.Totals.Total
+	u.Recount()
+	return u, nil
+}
+
+// unionIndices merges two ascending index lists.
+func unionIndices(a, b []int64) []int64 {
+	if len(b) == 0 {
+		return a
+	}
+	out := make([]int64, 0, len(a)+len(b))
+	i, j := 0, 0
+	for i < len(a) || j < len(b) {
+		switch {
+		case j == len(b) || (i < len(a) && a[i] < b[j]):
+			out = append(out, a[i])
+			i++
+		case i == len(a) || b[j] < a[i]:
+			out = append(out, b[j])
+			j++
+		default:
+			out = append(out, a[i])
+			i, j = i+1, j+1
+		}
+	}
+	return out
+}
+
+// MarshalInfo is ReadyInfo as indented JSON (for manifests).
+func (r *ReadyInfo) MarshalIndent() ([]byte, error) { return json.MarshalIndent(r, "", " ") }
