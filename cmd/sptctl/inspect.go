@@ -183,13 +183,21 @@ func writeJSON(w io.Writer, v any) error {
 	return enc.Encode(v)
 }
 
-// parameterCount counts a model's parameters as the framework that exported it did:
-// every initializer, plus every Identity alias of one (exporters de-duplicate equal
-// tensors into one initializer and re-expose it under each parameter's name).
+// parameterCount counts a model's parameters as the framework that exported it did.
+// Exporters de-duplicate equal tensors into one initializer and re-expose it through an
+// Identity node under each parameter's name, and a merged export keeps that structure:
+// so every Identity alias of an initializer is a parameter, and an initializer is one
+// itself only where a node other than an Identity reads it.
 func parameterCount(g *surgery.Graph) int64 {
 	var n int64
 	for _, t := range g.Proto().GetInitializer() {
-		n += onnxio.NumElements(t.Dims)
+		direct := g.IsOutput(t.GetName())
+		for _, c := range g.Consumers(t.GetName()) {
+			direct = direct || c.GetOpType() != "Identity"
+		}
+		if direct {
+			n += onnxio.NumElements(t.Dims)
+		}
 	}
 	for _, node := range g.Nodes() {
 		if node.GetOpType() == "Identity" && len(node.Input) == 1 {

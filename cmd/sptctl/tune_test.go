@@ -39,6 +39,19 @@ func TestTuneEndToEnd(t *testing.T) {
 			t.Errorf("tune did not write %s", f)
 		}
 	}
+	// The merged model keeps the base's structure, so it counts the base's parameters
+	// (PyTorch's count, from the fixture's ground truth) with the new 5-class head.
+	code, stdout, _ = sptctl(t, "inspect", "--json", filepath.Join(out, "merged.onnx"))
+	var merged inspectReport
+	if code != 0 || json.Unmarshal([]byte(stdout), &merged) != nil {
+		t.Fatalf("inspect merged: exit %d", code)
+	}
+	var truth struct{ Params int64 }
+	b, _ := os.ReadFile("../../testdata/tv_op17_alias.json")
+	json.Unmarshal(b, &truth)
+	if want := truth.Params - int64(10*(merged.Head.In+1)) + int64(5*(merged.Head.In+1)); merged.Params != want {
+		t.Errorf("merged model has %d parameters, want %d", merged.Params, want)
+	}
 	// Same predictions from the trained, merged and sidecar models on test images.
 	ds, _ := data.Open(task)
 	test, _ := ds.Split("test")
