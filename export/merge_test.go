@@ -10,6 +10,8 @@ import (
 
 	"github.com/sptctl/sptctl/export"
 	"github.com/sptctl/sptctl/inject"
+	"github.com/sptctl/sptctl/internal/fixture"
+	"github.com/sptctl/sptctl/internal/fixture/ortcheck"
 	"github.com/sptctl/sptctl/internal/meta"
 	"github.com/sptctl/sptctl/onnxio"
 	"github.com/sptctl/sptctl/onnxio/onnxpb"
@@ -41,20 +43,20 @@ func isSubsequence(sub, seq []string) bool {
 // outputs (relative difference ≤ 1e-5), LoRA/sparse merges have exactly the base
 // graph's nodes, Adapter merges keep the base's nodes in order plus the adapters.
 func TestMergeEveryFixture(t *testing.T) {
-	mustInitORT(t)
+	ortcheck.Init(t)
 	dir := t.TempDir()
 	var merged []string
 	defer func() { onnxChecker(t, merged) }()
-	for _, path := range fixtures(t) {
-		name := fixtureName(path)
+	for _, path := range fixture.Paths(t) {
+		name := fixture.Name(path)
 		t.Run(name, func(t *testing.T) {
-			base := load(t, path)
-			batch := base.v.Batch
+			base := fixture.Load(t, path)
+			batch := base.V.Batch
 			if batch == 0 {
 				batch = 3
 			}
-			x := input(t, path, batch)
-			baseOut := runORT(t, path, x)
+			x := ortcheck.Input(t, path, batch)
+			baseOut := ortcheck.Run(t, path, x)
 			ps := plans(t, base)
 			for _, pname := range slices.Sorted(func(y func(string) bool) {
 				for k := range ps {
@@ -64,35 +66,35 @@ func TestMergeEveryFixture(t *testing.T) {
 				}
 			}) {
 				p := ps[pname]
-				tm := trained(t, base.m, p, strings.HasSuffix(pname, "_keep"), 21)
+				tm := trained(t, base.M, p, strings.HasSuffix(pname, "_keep"), 21)
 				if err := meta.Set(tm, meta.KeyPreprocess, meta.Preprocess{Channels: 1, Height: 2, Width: 3, Mean: []float32{0}, Std: []float32{1}}); err != nil {
 					t.Fatal(err)
 				}
-				want := runORT(t, save(t, tm, filepath.Join(dir, name+"_"+pname+"_trained.onnx")), x)
-				mm := clone(tm)
-				rep, err := export.Merge(mm, base.m)
+				want := ortcheck.Run(t, fixture.Save(t, tm, filepath.Join(dir, name+"_"+pname+"_trained.onnx")), x)
+				mm := fixture.Clone(tm)
+				rep, err := export.Merge(mm, base.M)
 				if err != nil {
 					t.Fatalf("%s: %v", pname, err)
 				}
-				mpath := save(t, mm, filepath.Join(dir, name+"_"+pname+"_merged.onnx"))
-				got := runORT(t, mpath, x)
+				mpath := fixture.Save(t, mm, filepath.Join(dir, name+"_"+pname+"_merged.onnx"))
+				got := ortcheck.Run(t, mpath, x)
 				merged = append(merged, mpath)
 				if *keepDir != "" {
-					save(t, mm, filepath.Join(*keepDir, name+"_"+pname+"_merged.onnx"))
+					fixture.Save(t, mm, filepath.Join(*keepDir, name+"_"+pname+"_merged.onnx"))
 				}
-				r := rel(got, want)
+				r := fixture.RelDiff(got, want)
 				if r > 1e-5 {
 					t.Errorf("%s: merged vs trained relative difference %.3g", pname, r)
 				}
-				untrained := clone(base.m)
+				untrained := fixture.Clone(base.M)
 				if err := inject.Apply(untrained, p, inject.ApplyOptions{KeepHead: strings.HasSuffix(pname, "_keep"), Seed: 3}); err != nil {
 					t.Fatal(err)
 				}
-				if moved := rel(want, runORT(t, save(t, untrained, filepath.Join(dir, "untrained.onnx")), x)); moved < 1e-2 {
+				if moved := fixture.RelDiff(want, ortcheck.Run(t, fixture.Save(t, untrained, filepath.Join(dir, "untrained.onnx")), x)); moved < 1e-2 {
 					t.Errorf("%s: the trained values did not move the outputs (%.3g)", pname, moved)
 				}
 				_ = baseOut
-				bn, mn := nodeList(base.m), nodeList(mm)
+				bn, mn := nodeList(base.M), nodeList(mm)
 				if hasAdapters(p) {
 					if len(rep.Adapters) == 0 || !isSubsequence(bn, mn) || len(mn) <= len(bn) {
 						t.Errorf("%s: adapters %v; merged graph has %d nodes, base %d; base nodes in order: %v", pname, rep.Adapters, len(mn), len(bn), isSubsequence(bn, mn))
@@ -144,14 +146,14 @@ func onnxChecker(t *testing.T, paths []string) {
 }
 
 func TestMergeRefusesBadInput(t *testing.T) {
-	base := load(t, fixtures(t)[0])
-	if _, err := export.Merge(clone(base.m), base.m); err == nil || !strings.Contains(err.Error(), "not made by `sptctl inject`") {
+	base := fixture.Load(t, fixture.Paths(t)[0])
+	if _, err := export.Merge(fixture.Clone(base.M), base.M); err == nil || !strings.Contains(err.Error(), "not made by `sptctl inject`") {
 		t.Errorf("merge of a base model: %v", err)
 	}
-	other := load(t, fixtures(t)[1])
-	tm := trained(t, base.m, plans(t, base)["lora"], false, 1)
+	other := fixture.Load(t, fixture.Paths(t)[1])
+	tm := trained(t, base.M, plans(t, base)["lora"], false, 1)
 	before := nodeList(tm)
-	if _, err := export.Merge(tm, other.m); err == nil || !strings.Contains(err.Error(), "not the one the model was injected from") {
+	if _, err := export.Merge(tm, other.M); err == nil || !strings.Contains(err.Error(), "not the one the model was injected from") {
 		t.Errorf("merge against another base: %v", err)
 	}
 	if !slices.Equal(before, nodeList(tm)) {
@@ -162,38 +164,38 @@ func TestMergeRefusesBadInput(t *testing.T) {
 // A base head without a bias gets one from inject (an Add); merging puts it into the
 // head Gemm's C input, so the node list stays the base's.
 func TestMergeHeadWithoutBias(t *testing.T) {
-	mustInitORT(t)
+	ortcheck.Init(t)
 	dir := t.TempDir()
 	for _, path := range []string{"../testdata/tv_op17_dynamic.onnx", "../testdata/tv_op14_static.onnx"} {
-		f := load(t, path)
-		h := f.v.Head.Node
+		f := fixture.Load(t, path)
+		h := f.V.Head.Node
 		if h.GetOpType() != "Gemm" || len(h.Input) != 3 {
 			t.Fatalf("%s: head %s", path, h.GetOpType())
 		}
 		h.Input = h.Input[:2]
-		f.g.RemoveDeadNodes()
-		basePath := save(t, f.m, filepath.Join(dir, "nobias.onnx"))
-		base := load(t, basePath)
-		if base.v.Head.Bias != "" {
+		f.G.RemoveDeadNodes()
+		basePath := fixture.Save(t, f.M, filepath.Join(dir, "nobias.onnx"))
+		base := fixture.Load(t, basePath)
+		if base.V.Head.Bias != "" {
 			t.Fatal("head still has a bias")
 		}
-		batch := base.v.Batch
+		batch := base.V.Batch
 		if batch == 0 {
 			batch = 2
 		}
-		x := input(t, path, batch)
+		x := ortcheck.Input(t, path, batch)
 		for _, pname := range []string{"lora", "hand"} {
-			tm := trained(t, base.m, plans(t, base)[pname], false, 4)
-			want := runORT(t, save(t, tm, filepath.Join(dir, "trained.onnx")), x)
-			mm := clone(tm)
-			if _, err := export.Merge(mm, base.m); err != nil {
+			tm := trained(t, base.M, plans(t, base)[pname], false, 4)
+			want := ortcheck.Run(t, fixture.Save(t, tm, filepath.Join(dir, "trained.onnx")), x)
+			mm := fixture.Clone(tm)
+			if _, err := export.Merge(mm, base.M); err != nil {
 				t.Fatal(err)
 			}
-			got := runORT(t, save(t, mm, filepath.Join(dir, "merged.onnx")), x)
-			if r := rel(got, want); r > 1e-5 {
+			got := ortcheck.Run(t, fixture.Save(t, mm, filepath.Join(dir, "merged.onnx")), x)
+			if r := fixture.RelDiff(got, want); r > 1e-5 {
 				t.Errorf("%s %s: merged vs trained %.3g", path, pname, r)
 			}
-			if !slices.Equal(nodeList(base.m), nodeList(mm)) {
+			if !slices.Equal(nodeList(base.M), nodeList(mm)) {
 				t.Errorf("%s %s: node list differs from the base's", path, pname)
 			}
 		}

@@ -10,6 +10,8 @@ import (
 	"testing"
 
 	"github.com/sptctl/sptctl/export"
+	"github.com/sptctl/sptctl/internal/fixture"
+	"github.com/sptctl/sptctl/internal/fixture/ortcheck"
 )
 
 func inode(t *testing.T, path string) (uint64, int64) {
@@ -38,17 +40,17 @@ func listDir(t *testing.T, dir string) []string {
 // is written by the first and reused untouched by the second, and both task models
 // run in ONNX Runtime and give their trained models' outputs.
 func TestSidecarTwoTasks(t *testing.T) {
-	mustInitORT(t)
+	ortcheck.Init(t)
 	tmp := t.TempDir()
-	for _, path := range fixtures(t) {
-		name := fixtureName(path)
+	for _, path := range fixture.Paths(t) {
+		name := fixture.Name(path)
 		t.Run(name, func(t *testing.T) {
-			base := load(t, path)
-			batch := base.v.Batch
+			base := fixture.Load(t, path)
+			batch := base.V.Batch
 			if batch == 0 {
 				batch = 2
 			}
-			x := input(t, path, batch)
+			x := ortcheck.Input(t, path, batch)
 			dir := filepath.Join(tmp, name, "sidecar")
 			os.MkdirAll(filepath.Join(tmp, name), 0o755)
 			ps := plans(t, base)
@@ -60,13 +62,13 @@ func TestSidecarTwoTasks(t *testing.T) {
 			var mtime int64
 			var baseBytes []byte
 			for i, tk := range tasks {
-				tm := trained(t, base.m, ps[tk.plan], false, tk.seed)
-				want := runORT(t, save(t, tm, filepath.Join(tmp, name, tk.task+"_trained.onnx")), x)
+				tm := trained(t, base.M, ps[tk.plan], false, tk.seed)
+				want := ortcheck.Run(t, fixture.Save(t, tm, filepath.Join(tmp, name, tk.task+"_trained.onnx")), x)
 				verified := false
-				rep, err := export.SidecarWith(tm, base.m, dir, tk.task, export.SidecarOptions{Verify: func(p string) error {
+				rep, err := export.SidecarWith(tm, base.M, dir, tk.task, export.SidecarOptions{Verify: func(p string) error {
 					verified = true
-					got := runORT(t, p, x)
-					if r := rel(got, want); r > 1e-5 {
+					got := ortcheck.Run(t, p, x)
+					if r := fixture.RelDiff(got, want); r > 1e-5 {
 						t.Errorf("%s: staged sidecar vs trained: relative difference %.3g", tk.task, r)
 					}
 					return nil
@@ -80,8 +82,8 @@ func TestSidecarTwoTasks(t *testing.T) {
 				if rep.BaseWritten != (i == 0) {
 					t.Errorf("%s: base written %v", tk.task, rep.BaseWritten)
 				}
-				got := runORT(t, filepath.Join(dir, tk.task+".onnx"), x)
-				if r := rel(got, want); r > 1e-5 {
+				got := ortcheck.Run(t, filepath.Join(dir, tk.task+".onnx"), x)
+				if r := fixture.RelDiff(got, want); r > 1e-5 {
 					t.Errorf("%s: sidecar vs trained: relative difference %.3g", tk.task, r)
 				}
 				b, err := os.ReadFile(filepath.Join(dir, export.BaseData))
@@ -110,24 +112,24 @@ func TestSidecarTwoTasks(t *testing.T) {
 // TestSidecarRefuses: a base.data of another base, a changed base.data, a failed
 // verification, a model never injected, a bad task name: errors, nothing written.
 func TestSidecarRefuses(t *testing.T) {
-	fs := fixtures(t)
-	base, other := load(t, fs[0]), load(t, fs[1])
-	tm := trained(t, base.m, plans(t, base)["lora"], false, 1)
-	om := trained(t, other.m, plans(t, other)["lora"], false, 1)
+	fs := fixture.Paths(t)
+	base, other := fixture.Load(t, fs[0]), fixture.Load(t, fs[1])
+	tm := trained(t, base.M, plans(t, base)["lora"], false, 1)
+	om := trained(t, other.M, plans(t, other)["lora"], false, 1)
 	tmp := t.TempDir()
 
 	// A folder holding another base's sidecar.
 	dir := filepath.Join(tmp, "other")
-	if _, err := export.Sidecar(om, other.m, dir, "a"); err != nil {
+	if _, err := export.Sidecar(om, other.M, dir, "a"); err != nil {
 		t.Fatal(err)
 	}
 	before := listDir(t, dir)
-	if _, err := export.Sidecar(tm, base.m, dir, "b"); err == nil || !strings.Contains(err.Error(), "belongs to another base") {
+	if _, err := export.Sidecar(tm, base.M, dir, "b"); err == nil || !strings.Contains(err.Error(), "belongs to another base") {
 		t.Errorf("another base's base.data: %v", err)
 	}
 	// Without base.json the bytes decide.
 	os.Remove(filepath.Join(dir, export.BaseJSON))
-	if _, err := export.Sidecar(tm, base.m, dir, "b"); err == nil || !strings.Contains(err.Error(), "another base") {
+	if _, err := export.Sidecar(tm, base.M, dir, "b"); err == nil || !strings.Contains(err.Error(), "another base") {
 		t.Errorf("another base's base.data, no base.json: %v", err)
 	}
 	if got := listDir(t, dir); len(got) != len(before)-1 {
@@ -136,14 +138,14 @@ func TestSidecarRefuses(t *testing.T) {
 
 	// A base.data changed in one byte.
 	dir = filepath.Join(tmp, "changed")
-	if _, err := export.Sidecar(tm, base.m, dir, "a"); err != nil {
+	if _, err := export.Sidecar(tm, base.M, dir, "a"); err != nil {
 		t.Fatal(err)
 	}
 	bp := filepath.Join(dir, export.BaseData)
 	b, _ := os.ReadFile(bp)
 	b[len(b)/2] ^= 1
 	os.WriteFile(bp, b, 0o644)
-	if _, err := export.Sidecar(tm, base.m, dir, "b"); err == nil || !strings.Contains(err.Error(), "byte for byte") {
+	if _, err := export.Sidecar(tm, base.M, dir, "b"); err == nil || !strings.Contains(err.Error(), "byte for byte") {
 		t.Errorf("changed base.data: %v", err)
 	}
 	if _, err := os.Stat(filepath.Join(dir, "b.onnx")); err == nil {
@@ -153,7 +155,7 @@ func TestSidecarRefuses(t *testing.T) {
 	// Verification fails: nothing at all, not even the folder.
 	dir = filepath.Join(tmp, "new", "deeper")
 	boom := errors.New("parity check failed")
-	if _, err := export.SidecarWith(tm, base.m, dir, "a", export.SidecarOptions{Verify: func(string) error { return boom }}); !errors.Is(err, boom) {
+	if _, err := export.SidecarWith(tm, base.M, dir, "a", export.SidecarOptions{Verify: func(string) error { return boom }}); !errors.Is(err, boom) {
 		t.Errorf("failed verify: %v", err)
 	}
 	if _, err := os.Stat(dir); !os.IsNotExist(err) {
@@ -162,15 +164,15 @@ func TestSidecarRefuses(t *testing.T) {
 
 	// Not injected; bad names.
 	dir = filepath.Join(tmp, "x")
-	if _, err := export.Sidecar(base.m, base.m, dir, "a"); err == nil || !strings.Contains(err.Error(), "not made by `sptctl inject`") {
+	if _, err := export.Sidecar(base.M, base.M, dir, "a"); err == nil || !strings.Contains(err.Error(), "not made by `sptctl inject`") {
 		t.Errorf("base model as task: %v", err)
 	}
 	for _, name := range []string{"", "../a", "a/b", "base", ".hidden"} {
-		if _, err := export.Sidecar(tm, base.m, dir, name); err == nil {
+		if _, err := export.Sidecar(tm, base.M, dir, name); err == nil {
 			t.Errorf("task name %q accepted", name)
 		}
 	}
-	if _, err := export.Sidecar(tm, other.m, dir, "a"); err == nil || !strings.Contains(err.Error(), "not the one") {
+	if _, err := export.Sidecar(tm, other.M, dir, "a"); err == nil || !strings.Contains(err.Error(), "not the one") {
 		t.Errorf("wrong base: %v", err)
 	}
 	if _, err := os.Stat(dir); !os.IsNotExist(err) {

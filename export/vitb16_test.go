@@ -11,6 +11,8 @@ import (
 	"github.com/sptctl/sptctl/export"
 	"github.com/sptctl/sptctl/export/ort"
 	"github.com/sptctl/sptctl/inject"
+	"github.com/sptctl/sptctl/internal/fixture"
+	"github.com/sptctl/sptctl/internal/fixture/ortcheck"
 )
 
 // TestViTB16 exports a 0.4M SPT-LoRA task of vit_b_16 ($SPTCTL_VIT_B16) merged and as
@@ -21,38 +23,38 @@ func TestViTB16(t *testing.T) {
 	if path == "" {
 		t.Skip("SPTCTL_VIT_B16 is not set")
 	}
-	mustInitORT(t)
+	ortcheck.Init(t)
 	dir := t.TempDir()
-	base := load(t, path)
+	base := fixture.Load(t, path)
 	opt := inject.DefaultOptions()
 	opt.Budget, opt.Classes = 400_000, 10
-	p, err := inject.Allocate(base.v, base.g, randomScores(base.g, 3), opt)
+	p, err := inject.Allocate(base.V, base.G, randomScores(base.G, 3), opt)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("plan: %d structured, %d sparse entries, total %d", len(p.Summary().Structured), p.Totals.SparseEntries, p.Totals.Total)
-	tm := trained(t, base.m, p, false, 5)
-	trainedPath := save(t, tm, filepath.Join(dir, "trained.onnx"))
+	tm := trained(t, base.M, p, false, 5)
+	trainedPath := fixture.Save(t, tm, filepath.Join(dir, "trained.onnx"))
 
 	start := time.Now()
-	mm := clone(tm)
-	rep, err := export.Merge(mm, base.m)
+	mm := fixture.Clone(tm)
+	rep, err := export.Merge(mm, base.M)
 	if err != nil {
 		t.Fatal(err)
 	}
 	mergeTime := time.Since(start)
-	mergedPath := save(t, mm, filepath.Join(dir, "merged.onnx"))
-	if got, want := len(mm.Graph.Node), len(base.m.Graph.Node); got != want {
+	mergedPath := fixture.Save(t, mm, filepath.Join(dir, "merged.onnx"))
+	if got, want := len(mm.Graph.Node), len(base.M.Graph.Node); got != want {
 		t.Errorf("merged graph has %d nodes, base %d", got, want)
 	}
 	start = time.Now()
-	srep, err := export.Sidecar(tm, base.m, filepath.Join(dir, "side"), "task")
+	srep, err := export.Sidecar(tm, base.M, filepath.Join(dir, "side"), "task")
 	if err != nil {
 		t.Fatal(err)
 	}
 	sideTime := time.Since(start)
 	start = time.Now()
-	if _, err := export.Sidecar(tm, base.m, filepath.Join(dir, "side"), "task2"); err != nil {
+	if _, err := export.Sidecar(tm, base.M, filepath.Join(dir, "side"), "task2"); err != nil {
 		t.Fatal(err)
 	}
 	side2Time := time.Since(start)
@@ -97,10 +99,10 @@ func TestViTB16(t *testing.T) {
 	}
 	med, outs = med[1:], outs[1:]
 	want, got, gs := outs[1], outs[2], outs[3]
-	t.Logf("merged vs trained rel %.2g, sidecar vs trained rel %.2g", rel(got, want), rel(gs, want))
+	t.Logf("merged vs trained rel %.2g, sidecar vs trained rel %.2g", fixture.RelDiff(got, want), fixture.RelDiff(gs, want))
 	t.Logf("median latency (batch 1, interleaved): base %.0f ms, merged %.0f ms (%.3f×), sidecar %.0f ms (%.3f×), trained %.0f ms",
 		ms(med[0]), ms(med[2]), float64(med[2])/float64(med[0]), ms(med[3]), float64(med[3])/float64(med[0]), ms(med[1]))
-	if rel(got, want) > 1e-5 || rel(gs, want) > 1e-5 {
+	if fixture.RelDiff(got, want) > 1e-5 || fixture.RelDiff(gs, want) > 1e-5 {
 		t.Error("exports differ from the trained model")
 	}
 }

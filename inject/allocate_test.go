@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/sptctl/sptctl/internal/fixture"
 	"github.com/sptctl/sptctl/surgery"
 )
 
@@ -249,9 +250,9 @@ func setScores(s Scores, init string, x float32, flat ...int64) {
 }
 
 // unitByName finds a unit of the fixture.
-func unitByName(t *testing.T, f loaded, name string) unit {
+func unitByName(t *testing.T, f fixture.Model, name string) unit {
 	t.Helper()
-	us, err := units(f.v, f.g)
+	us, err := units(f.V, f.G)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -286,8 +287,8 @@ func vectorOf(p *Plan, name string) *VectorPlan {
 // exactly cost/α = 52 sensitive entries (LoRA), fc1 of block 1 51 (sparse), the norm1
 // scale of block 1 7 = ⌈32/5⌉ (whole), its shift 6 (sparse); everything else scores 0.
 func TestRulesStructuredAndVector(t *testing.T) {
-	f := load(t, "../testdata/tv_op14_static.onnx")
-	s := zeroScores(f.g)
+	f := fixture.Load(t, "../testdata/tv_op14_static.onnx")
+	s := zeroScores(f.G)
 	q := unitByName(t, f, "blocks.0.q")
 	fc1 := unitByName(t, f, "blocks.1.fc1")
 	sc := unitByName(t, f, "blocks.1.norm1.scale")
@@ -307,10 +308,10 @@ func TestRulesStructuredAndVector(t *testing.T) {
 		setScores(s, sh.init, 7, sh.sp.flat(k+10))
 	}
 	opt := DefaultOptions()
-	head := int64(f.v.Head.In+1) * 10
+	head := int64(f.V.Head.In+1) * 10
 	want := head + 32 + 512 + 51 + 32 + 6
 	opt.Budget = want
-	p, err := Allocate(f.v, f.g, s, opt)
+	p, err := Allocate(f.V, f.G, s, opt)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -341,7 +342,7 @@ func TestRulesStructuredAndVector(t *testing.T) {
 	// of τ = 115 is kept and the fill tops it up with the next entries (q's zeros).
 	s[q.init][q.sp.flat(0)] = 0
 	opt.Budget = want - 100
-	p, err = Allocate(f.v, f.g, s, opt)
+	p, err = Allocate(f.V, f.G, s, opt)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -359,8 +360,8 @@ func TestRulesStructuredAndVector(t *testing.T) {
 func TestFusedIsThreeMatrices(t *testing.T) {
 	for _, fx := range []string{"timm_op17", "tv_op13_nofold"} {
 		t.Run(fx, func(t *testing.T) {
-			f := load(t, "../testdata/"+fx+".onnx")
-			s := zeroScores(f.g)
+			f := fixture.Load(t, "../testdata/"+fx+".onnx")
+			s := zeroScores(f.G)
 			k := unitByName(t, f, "blocks.0.k")
 			v := unitByName(t, f, "blocks.0.v")
 			if !k.lin.Fused || k.init != v.init {
@@ -374,8 +375,8 @@ func TestFusedIsThreeMatrices(t *testing.T) {
 				setScores(s, v.init, 4, v.sp.flat(i*5+2))
 			}
 			opt := DefaultOptions()
-			opt.Budget = int64(f.v.Head.In+1)*10 + int64(f.v.Dim) + cost + 20
-			p, err := Allocate(f.v, f.g, s, opt)
+			opt.Budget = int64(f.V.Head.In+1)*10 + int64(f.V.Dim) + cost + 20
+			p, err := Allocate(f.V, f.G, s, opt)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -405,14 +406,14 @@ func TestFusedIsThreeMatrices(t *testing.T) {
 
 // Equal scores everywhere: ties go by unit order, then flat index, whatever the run.
 func TestTiesAreDeterministic(t *testing.T) {
-	f := load(t, "../testdata/hf_op17.onnx")
-	s := zeroScores(f.g)
+	f := fixture.Load(t, "../testdata/hf_op17.onnx")
+	s := zeroScores(f.G)
 	opt := DefaultOptions()
-	head := int64(f.v.Head.In+1) * 10
+	head := int64(f.V.Head.In+1) * 10
 	opt.Budget = head + 48 + 40
 	var first *Plan
 	for run := 0; run < 3; run++ {
-		p, err := Allocate(f.v, f.g, s, opt)
+		p, err := Allocate(f.V, f.G, s, opt)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -469,22 +470,22 @@ func TestBudgetWithinOnePercentSynthetic(t *testing.T) {
 }
 
 func TestBudgetWithinOnePercentFixtures(t *testing.T) {
-	for _, path := range fixtures(t) {
-		f := load(t, path)
-		s := randomScores(f.g, 9)
-		backbone := BackboneParams(f.v, f.g)
+	for _, path := range fixture.Paths(t) {
+		f := fixture.Load(t, path)
+		s := randomScores(f.G, 9)
+		backbone := BackboneParams(f.V, f.G)
 		for _, typ := range []Type{LoRA, Adapter} {
 			for _, pct := range []float64{3, 5, 10, 20} {
 				opt := DefaultOptions()
 				opt.Type = typ
 				opt.Budget = int64(float64(backbone) * pct / 100)
-				p, err := Allocate(f.v, f.g, s, opt)
+				p, err := Allocate(f.V, f.G, s, opt)
 				if err != nil {
-					t.Errorf("%s %s %g%%: %v", fixtureName(path), typ, pct, err)
+					t.Errorf("%s %s %g%%: %v", fixture.Name(path), typ, pct, err)
 					continue
 				}
 				if d := math.Abs(float64(p.Totals.Total-opt.Budget)) / float64(opt.Budget); d > 0.01 {
-					t.Errorf("%s %s %g%%: total %d, budget %d", fixtureName(path), typ, pct, p.Totals.Total, opt.Budget)
+					t.Errorf("%s %s %g%%: total %d, budget %d", fixture.Name(path), typ, pct, p.Totals.Total, opt.Budget)
 				}
 			}
 		}
@@ -492,8 +493,8 @@ func TestBudgetWithinOnePercentFixtures(t *testing.T) {
 }
 
 func TestBackboneAndFullMatchPyTorch(t *testing.T) {
-	for _, path := range fixtures(t) {
-		f := load(t, path)
+	for _, path := range fixture.Paths(t) {
+		f := fixture.Load(t, path)
 		var truth struct {
 			Params int64 `json:"params"`
 		}
@@ -504,21 +505,21 @@ func TestBackboneAndFullMatchPyTorch(t *testing.T) {
 		json.Unmarshal(b, &truth)
 		opt := DefaultOptions()
 		opt.Strategy = Full
-		p, err := Allocate(f.v, f.g, nil, opt)
+		p, err := Allocate(f.V, f.G, nil, opt)
 		if err != nil {
 			t.Fatal(err)
 		}
 		if p.Totals.Total != truth.Params {
-			t.Errorf("%s: full fine-tuning trains %d parameters, PyTorch counts %d", fixtureName(path), p.Totals.Total, truth.Params)
+			t.Errorf("%s: full fine-tuning trains %d parameters, PyTorch counts %d", fixture.Name(path), p.Totals.Total, truth.Params)
 		}
-		if bb := BackboneParams(f.v, f.g); bb != truth.Params-p.Head.Params {
-			t.Errorf("%s: backbone %d, want %d", fixtureName(path), bb, truth.Params-p.Head.Params)
+		if bb := BackboneParams(f.V, f.G); bb != truth.Params-p.Head.Params {
+			t.Errorf("%s: backbone %d, want %d", fixture.Name(path), bb, truth.Params-p.Head.Params)
 		}
 	}
 }
 
 func TestBaselines(t *testing.T) {
-	f := load(t, "../testdata/timm_op14.onnx")
+	f := fixture.Load(t, "../testdata/timm_op14.onnx")
 	d, mlp, blocks := int64(32), int64(64), int64(2)
 	head := (d + 1) * 10
 	for _, c := range []struct {
@@ -536,7 +537,7 @@ func TestBaselines(t *testing.T) {
 	} {
 		opt := DefaultOptions()
 		opt.Strategy, opt.Type = c.strategy, c.typ
-		p, err := Allocate(f.v, f.g, nil, opt)
+		p, err := Allocate(f.V, f.G, nil, opt)
 		if err != nil {
 			t.Fatalf("%s: %v", c.strategy, err)
 		}
@@ -547,8 +548,8 @@ func TestBaselines(t *testing.T) {
 }
 
 func TestAllocateBadInput(t *testing.T) {
-	f := load(t, "../testdata/tv_op17_dynamic.onnx")
-	s := randomScores(f.g, 1)
+	f := fixture.Load(t, "../testdata/tv_op17_dynamic.onnx")
+	s := randomScores(f.G, 1)
 	missing := Scores{}
 	for k, v := range s {
 		missing[k] = v
@@ -592,7 +593,7 @@ func TestAllocateBadInput(t *testing.T) {
 		if c.mod != nil {
 			c.mod(&opt)
 		}
-		_, err := Allocate(f.v, f.g, c.s, opt)
+		_, err := Allocate(f.V, f.G, c.s, opt)
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s: error %v, want one containing %q", c.name, err, c.want)
 		}

@@ -12,6 +12,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/sptctl/sptctl/internal/fixture"
 	"github.com/sptctl/sptctl/internal/meta"
 	"github.com/sptctl/sptctl/onnxio"
 	"github.com/sptctl/sptctl/onnxio/onnxpb"
@@ -21,19 +22,19 @@ import (
 // MixedPlan is a hand-made plan that exercises every kind of rewrite: LoRA, Adapter and
 // sparse on fused parts and plain layers, whole, sparse and partly-whole fused vectors,
 // the class token.
-func MixedPlan(t testing.TB, f loaded, seed uint64) *Plan {
+func MixedPlan(t testing.TB, f fixture.Model, seed uint64) *Plan {
 	t.Helper()
 	opt := DefaultOptions()
 	opt.Strategy = Linear
-	p, err := Allocate(f.v, f.g, nil, opt)
+	p, err := Allocate(f.V, f.G, nil, opt)
 	if err != nil {
 		t.Fatal(err)
 	}
 	p.Options.Strategy = "mixed"
-	if tk := f.g.Initializer(f.v.ClassToken); tk != nil {
-		p.ClassToken = &TensorPlan{Name: "class_token", Init: f.v.ClassToken, Params: onnxio.NumElements(tk.Dims)}
+	if tk := f.G.Initializer(f.V.ClassToken); tk != nil {
+		p.ClassToken = &TensorPlan{Name: "class_token", Init: f.V.ClassToken, Params: onnxio.NumElements(tk.Dims)}
 	}
-	us, err := units(f.v, f.g)
+	us, err := units(f.V, f.G)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -92,17 +93,17 @@ func MixedPlan(t testing.TB, f loaded, seed uint64) *Plan {
 
 type variant struct {
 	name string
-	plan func(t testing.TB, f loaded) *Plan
+	plan func(t testing.TB, f fixture.Model) *Plan
 	opt  ApplyOptions
 }
 
-func allocated(o Options) func(testing.TB, loaded) *Plan {
-	return func(t testing.TB, f loaded) *Plan {
+func allocated(o Options) func(testing.TB, fixture.Model) *Plan {
+	return func(t testing.TB, f fixture.Model) *Plan {
 		t.Helper()
 		if o.Budget < 0 { // a fraction of the backbone, in thousandths
-			o.Budget = BackboneParams(f.v, f.g) * -o.Budget / 1000
+			o.Budget = BackboneParams(f.V, f.G) * -o.Budget / 1000
 		}
-		p, err := Allocate(f.v, f.g, randomScores(f.g, 21), o)
+		p, err := Allocate(f.V, f.G, randomScores(f.G, 21), o)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -124,8 +125,8 @@ var Variants = []variant{
 	{"spt-lora-keephead", allocated(withOpts(func(o *Options) { o.Budget = -100 })), ApplyOptions{KeepHead: true}},
 	{"spt-adapter-keephead", allocated(withOpts(func(o *Options) { o.Budget = -100; o.Type = Adapter })), ApplyOptions{KeepHead: true}},
 	{"spt-sparse-keephead", allocated(withOpts(func(o *Options) { o.Budget = -20 })), ApplyOptions{KeepHead: true}},
-	{"mixed", func(t testing.TB, f loaded) *Plan { return MixedPlan(t, f, 1) }, ApplyOptions{Dropout: 0.1, Seed: 3}},
-	{"mixed-keephead", func(t testing.TB, f loaded) *Plan { return MixedPlan(t, f, 2) }, ApplyOptions{KeepHead: true}},
+	{"mixed", func(t testing.TB, f fixture.Model) *Plan { return MixedPlan(t, f, 1) }, ApplyOptions{Dropout: 0.1, Seed: 3}},
+	{"mixed-keephead", func(t testing.TB, f fixture.Model) *Plan { return MixedPlan(t, f, 2) }, ApplyOptions{KeepHead: true}},
 	{"lora-qv", allocated(withOpts(func(o *Options) { o.Strategy = LoRAQV })), ApplyOptions{}},
 	{"uniform-adapter", allocated(withOpts(func(o *Options) { o.Strategy = Uniform; o.Type = Adapter })), ApplyOptions{}},
 	{"bitfit", allocated(withOpts(func(o *Options) { o.Strategy = BitFit })), ApplyOptions{}},
@@ -185,27 +186,27 @@ func checkInjected(t testing.TB, m *onnxpb.ModelProto, p *Plan) {
 func TestApplyEveryFixture(t *testing.T) {
 	dir := t.TempDir()
 	var written []string
-	for _, path := range fixtures(t) {
+	for _, path := range fixture.Paths(t) {
 		for _, vr := range Variants {
-			name := fixtureName(path) + "_" + vr.name
+			name := fixture.Name(path) + "_" + vr.name
 			t.Run(name, func(t *testing.T) {
-				f := load(t, path)
+				f := fixture.Load(t, path)
 				p := vr.plan(t, f)
 				before, _ := proto.Marshal(p2proto(p))
-				if err := Apply(f.m, p, vr.opt); err != nil {
+				if err := Apply(f.M, p, vr.opt); err != nil {
 					t.Fatal(err)
 				}
 				if after, _ := proto.Marshal(p2proto(p)); !bytes.Equal(before, after) {
 					t.Error("Apply changed the plan")
 				}
-				checkInjected(t, f.m, p)
+				checkInjected(t, f.M, p)
 				out := filepath.Join(dir, name+".onnx")
-				if err := onnxio.Save(out, f.m); err != nil {
+				if err := onnxio.Save(out, f.M); err != nil {
 					t.Fatal(err)
 				}
 				written = append(written, out)
 				// The head's class dimension follows the plan.
-				dims := f.m.GetGraph().GetOutput()[0].GetType().GetTensorType().GetShape().GetDim()
+				dims := f.M.GetGraph().GetOutput()[0].GetType().GetTensorType().GetShape().GetDim()
 				if got := dims[len(dims)-1].GetDimValue(); got != int64(p.Head.Classes) {
 					t.Errorf("output class dimension %d, want %d", got, p.Head.Classes)
 				}
@@ -255,18 +256,18 @@ sys.exit(1 if bad else 0)
 }
 
 func TestApplyRefuses(t *testing.T) {
-	a := load(t, "../testdata/tv_op14_static.onnx")
-	b := load(t, "../testdata/tv_op17_static_b1.onnx") // same shapes, other weights
+	a := fixture.Load(t, "../testdata/tv_op14_static.onnx")
+	b := fixture.Load(t, "../testdata/tv_op17_static_b1.onnx") // same shapes, other weights
 	pa := MixedPlan(t, a, 1)
-	orig, _ := onnxio.Encode(b.m)
+	orig, _ := onnxio.Encode(b.M)
 	unchanged := func(name string) {
 		t.Helper()
-		now, _ := onnxio.Encode(b.m)
+		now, _ := onnxio.Encode(b.M)
 		if !bytes.Equal(orig, now) {
 			t.Fatalf("%s: the model was changed by a refused Apply", name)
 		}
 	}
-	err := Apply(b.m, pa, ApplyOptions{})
+	err := Apply(b.M, pa, ApplyOptions{})
 	if err == nil || !strings.Contains(err.Error(), "another model") {
 		t.Fatalf("plan for another model: %v", err)
 	}
@@ -297,49 +298,49 @@ func TestApplyRefuses(t *testing.T) {
 		if c.mod != nil {
 			c.mod(p)
 		}
-		err := Apply(b.m, p, c.opt)
+		err := Apply(b.M, p, c.opt)
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s: error %v, want %q", c.name, err, c.want)
 		}
 		unchanged(c.name)
 	}
 	// And the good plan works.
-	if err := Apply(b.m, pb, ApplyOptions{}); err != nil {
+	if err := Apply(b.M, pb, ApplyOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	// An injected model is not the base any more.
-	if err := Apply(b.m, pb, ApplyOptions{}); err == nil || !strings.Contains(err.Error(), "another model") {
+	if err := Apply(b.M, pb, ApplyOptions{}); err == nil || !strings.Contains(err.Error(), "another model") {
 		t.Fatalf("second Apply: %v", err)
 	}
 }
 
 func TestUnshareAliasedVectors(t *testing.T) {
-	f := load(t, "../testdata/tv_op17_alias.onnx")
+	f := fixture.Load(t, "../testdata/tv_op17_alias.onnx")
 	p := MixedPlan(t, f, 4)
 	// blocks.0.proj.bias and blocks.0.norm1.shift both read conv_proj.bias (aliased zeros).
 	if vectorOf(p, "blocks.0.proj.bias").Init != "conv_proj.bias" {
 		t.Skip("fixture without the expected alias")
 	}
-	before, _ := onnxio.Floats(f.g.Initializer("conv_proj.bias"))
-	if err := Apply(f.m, p, ApplyOptions{}); err != nil {
+	before, _ := onnxio.Floats(f.G.Initializer("conv_proj.bias"))
+	if err := Apply(f.M, p, ApplyOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	checkInjected(t, f.m, p)
-	names, _ := meta.Trainable(f.m)
+	checkInjected(t, f.M, p)
+	names, _ := meta.Trainable(f.M)
 	if slices.Contains(names, "conv_proj.bias") {
 		t.Error("the shared conv_proj.bias was made trainable")
 	}
 	if !slices.Contains(names, Prefix+"blocks.0.proj.bias") {
 		t.Errorf("no un-shared copy of blocks.0.proj.bias in %v", names)
 	}
-	after, _ := onnxio.Floats(surgery.New(f.m).Initializer("conv_proj.bias"))
+	after, _ := onnxio.Floats(surgery.New(f.M).Initializer("conv_proj.bias"))
 	if !slices.Equal(before, after) {
 		t.Error("conv_proj.bias changed")
 	}
 }
 
 func TestPlanSaveLoadCheck(t *testing.T) {
-	f := load(t, "../testdata/timm_op17.onnx")
+	f := fixture.Load(t, "../testdata/timm_op17.onnx")
 	p := allocated(withOpts(func(o *Options) { o.Budget = -100 }))(t, f)
 	path := filepath.Join(t.TempDir(), "plan.json")
 	if err := SavePlan(path, p); err != nil {
@@ -354,12 +355,12 @@ func TestPlanSaveLoadCheck(t *testing.T) {
 	if !bytes.Equal(a, b) {
 		t.Fatal("plan changed through save and load")
 	}
-	fp, _ := onnxio.Fingerprint(f.m.GetGraph())
+	fp, _ := onnxio.Fingerprint(f.M.GetGraph())
 	if err := q.Check(fp); err != nil {
 		t.Fatal(err)
 	}
-	other := load(t, "../testdata/timm_op14.onnx")
-	fp2, _ := onnxio.Fingerprint(other.m.GetGraph())
+	other := fixture.Load(t, "../testdata/timm_op14.onnx")
+	fp2, _ := onnxio.Fingerprint(other.M.GetGraph())
 	if err := q.Check(fp2); err == nil || !strings.Contains(err.Error(), "another model") {
 		t.Fatalf("Check on another model: %v", err)
 	}

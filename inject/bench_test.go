@@ -8,6 +8,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/sptctl/sptctl/internal/fixture"
 	"github.com/sptctl/sptctl/onnxio/onnxpb"
 )
 
@@ -15,13 +16,13 @@ import (
 // for the full-size tests and benchmarks; they skip when it is unset.
 const EnvViTB16 = "SPTCTL_VIT_B16"
 
-func vitB16(tb testing.TB) loaded {
+func vitB16(tb testing.TB) fixture.Model {
 	tb.Helper()
 	path := os.Getenv(EnvViTB16)
 	if path == "" {
 		tb.Skip(EnvViTB16 + " is not set (path to a vit_b_16 ONNX file, e.g. bench/cache/vit_b_16.onnx)")
 	}
-	return load(tb, path)
+	return fixture.Load(tb, path)
 }
 
 // BenchmarkAllocate: a 0.4M SPT-LoRA plan for a ViT-B/16-shaped model (12 blocks, dim
@@ -48,14 +49,14 @@ func BenchmarkApplyViTB16(b *testing.B) {
 	f := vitB16(b)
 	opt := DefaultOptions()
 	opt.Budget, opt.Classes = 400000, 10
-	p, err := Allocate(f.v, f.g, randomScores(f.g, 1), opt)
+	p, err := Allocate(f.V, f.G, randomScores(f.G, 1), opt)
 	if err != nil {
 		b.Fatal(err)
 	}
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		b.StopTimer()
-		m := proto.Clone(f.m).(*onnxpb.ModelProto)
+		m := proto.Clone(f.M).(*onnxpb.ModelProto)
 		b.StartTimer()
 		if err := Apply(m, p, ApplyOptions{Dropout: 0.1}); err != nil {
 			b.Fatal(err)
@@ -66,12 +67,12 @@ func BenchmarkApplyViTB16(b *testing.B) {
 // BenchmarkAllocateViTB16 allocates 0.4M on vit_b_16 ($SPTCTL_VIT_B16), random scores.
 func BenchmarkAllocateViTB16(b *testing.B) {
 	f := vitB16(b)
-	s := randomScores(f.g, 1)
+	s := randomScores(f.G, 1)
 	opt := DefaultOptions()
 	opt.Budget, opt.Classes = 400000, 10
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		if _, err := Allocate(f.v, f.g, s, opt); err != nil {
+		if _, err := Allocate(f.V, f.G, s, opt); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -82,8 +83,8 @@ func BenchmarkAllocateViTB16(b *testing.B) {
 // SPT-LoRA plan that injects in under 2 s with the trainable count equal to its total.
 func TestViTB16(t *testing.T) {
 	f := vitB16(t)
-	s := randomScores(f.g, 3)
-	backbone := BackboneParams(f.v, f.g)
+	s := randomScores(f.G, 3)
+	backbone := BackboneParams(f.V, f.G)
 	t.Logf("backbone %d parameters", backbone)
 	for _, typ := range []Type{LoRA, Adapter} {
 		for _, pct := range []float64{0.1, 0.2, 0.5, 1, 2} {
@@ -91,7 +92,7 @@ func TestViTB16(t *testing.T) {
 			opt.Type, opt.Classes = typ, 10
 			opt.Budget = int64(float64(backbone) * pct / 100)
 			start := time.Now()
-			p, err := Allocate(f.v, f.g, s, opt)
+			p, err := Allocate(f.V, f.G, s, opt)
 			if err != nil {
 				t.Fatalf("%s %g%%: %v", typ, pct, err)
 			}
@@ -106,11 +107,11 @@ func TestViTB16(t *testing.T) {
 	}
 	opt := DefaultOptions()
 	opt.Budget, opt.Classes = 400000, 10
-	p, err := Allocate(f.v, f.g, s, opt)
+	p, err := Allocate(f.V, f.G, s, opt)
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := proto.Clone(f.m).(*onnxpb.ModelProto)
+	m := proto.Clone(f.M).(*onnxpb.ModelProto)
 	start := time.Now()
 	if err := Apply(m, p, ApplyOptions{Dropout: 0.1}); err != nil {
 		t.Fatal(err)

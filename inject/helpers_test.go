@@ -4,63 +4,15 @@ import (
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
-	"path/filepath"
-	"strings"
-	"testing"
 
+	"github.com/sptctl/sptctl/internal/fixture"
 	"github.com/sptctl/sptctl/onnxio"
-	"github.com/sptctl/sptctl/onnxio/onnxpb"
 	"github.com/sptctl/sptctl/surgery"
 )
 
-// fixtures are the test models in ../testdata.
-func fixtures(t testing.TB) []string {
-	t.Helper()
-	fs, err := filepath.Glob("../testdata/*.onnx")
-	if err != nil || len(fs) == 0 {
-		t.Fatalf("no fixtures in ../testdata: %v", err)
-	}
-	return fs
-}
-
-func fixtureName(path string) string { return strings.TrimSuffix(filepath.Base(path), ".onnx") }
-
-type loaded struct {
-	m *onnxpb.ModelProto
-	g *surgery.Graph
-	v *surgery.ViT
-}
-
-func load(t testing.TB, path string) loaded {
-	t.Helper()
-	m, err := onnxio.Load(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	g := surgery.New(m)
-	v, err := surgery.FindViT(g)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return loaded{m, g, v}
-}
-
 // randomScores gives every float initializer random scores in [0, 1).
 func randomScores(g *surgery.Graph, seed uint64) Scores {
-	rng := rand.New(rand.NewPCG(seed, 7))
-	s := Scores{}
-	for _, t := range g.Proto().GetInitializer() {
-		if t.GetDataType() != onnxio.Float {
-			continue
-		}
-		n := onnxio.NumElements(t.Dims)
-		x := make([]float32, n)
-		for i := range x {
-			x[i] = rng.Float32()
-		}
-		s[t.GetName()] = x
-	}
-	return s
+	return fixture.RandomScores(g, rand.New(rand.NewPCG(seed, 7)))
 }
 
 // zeroScores gives every float initializer zero scores.

@@ -13,6 +13,7 @@ import (
 
 	"github.com/sptctl/sptctl/data"
 	"github.com/sptctl/sptctl/inject"
+	"github.com/sptctl/sptctl/internal/fixture"
 	"github.com/sptctl/sptctl/internal/npy"
 	"github.com/sptctl/sptctl/onnxio"
 	"github.com/sptctl/sptctl/surgery"
@@ -23,20 +24,13 @@ import (
 // with PyTorch's Σ grad² over the same batches and the same head: the top-1% set must
 // be the same, and every tensor's scores close.
 func TestComputeMatchesPyTorch(t *testing.T) {
-	const fixture, classes, batches, batchSize, seed, headSeed = "tv_op14_static", 5, 3, 8, 4, 11
+	const fx, classes, batches, batchSize, seed, headSeed = "tv_op14_static", 5, 3, 8, 4, 11
 	dir := t.TempDir()
 	task := filepath.Join(dir, "task")
-	if err := data.FewShot(data.FewShotOptions{From: "/usr/share/datasets/fashion-mnist", Classes: []int{5, 6, 7, 8, 9},
-		Train: 40, Val: 0, Test: 5, Seed: 2, Out: task}); err != nil {
-		t.Fatal(err)
-	}
-	ds, err := data.Open(task)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ds := fixture.OpenFewShot(t, data.FewShotOptions{Classes: []int{5, 6, 7, 8, 9}, Train: 40, Val: 0, Test: 5, Seed: 2, Out: task})
 	trainSplit, _ := ds.Split("train")
 	pre := data.DefaultPreprocess(1, 28, 28)
-	m, err := onnxio.Load("../testdata/" + fixture + ".onnx")
+	m, err := onnxio.Load("../testdata/" + fx + ".onnx")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -61,12 +55,12 @@ func TestComputeMatchesPyTorch(t *testing.T) {
 		npy.Write(filepath.Join(dir, "labels"+itoa(k)+".npy"), &npy.Array{Shape: []int64{int64(b.N)}, Int64: b.Labels})
 	}
 	it.Close()
-	base, _ := onnxio.Load("../testdata/" + fixture + ".onnx")
+	base, _ := onnxio.Load("../testdata/" + fx + ".onnx")
 	v, _ := surgery.FindViT(surgery.New(base))
 	hw, hb := inject.HeadInit(v.Head.In, classes, headSeed)
 	npy.Write(filepath.Join(dir, "head_weight.npy"), &npy.Array{Shape: []int64{classes, int64(v.Head.In)}, Float32: hw})
 	npy.Write(filepath.Join(dir, "head_bias.npy"), &npy.Array{Shape: []int64{classes}, Float32: hb})
-	if out, err := exec.Command("/usr/bin/python3", "testdata/scores.py", fixture, dir).CombinedOutput(); err != nil {
+	if out, err := exec.Command("/usr/bin/python3", "testdata/scores.py", fx, dir).CombinedOutput(); err != nil {
 		t.Fatalf("oracle: %v\n%s", err, out)
 	}
 	var index map[string]string

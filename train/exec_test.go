@@ -2,7 +2,6 @@ package train
 
 import (
 	"fmt"
-	"math"
 	"os"
 	"path/filepath"
 	"sort"
@@ -15,6 +14,7 @@ import (
 	"github.com/sugarme/gotch/ts"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/sptctl/sptctl/internal/fixture"
 	"github.com/sptctl/sptctl/internal/npy"
 	"github.com/sptctl/sptctl/onnxio"
 	"github.com/sptctl/sptctl/onnxio/onnxpb"
@@ -71,15 +71,7 @@ func loadFixture(t testing.TB, name string) (*onnxpb.ModelProto, *npy.Array, *np
 
 // maxDiff returns max |a-b| and that over max |b|.
 func maxDiff(a, b []float32) (abs, rel float64) {
-	ref := 0.0
-	for i := range a {
-		abs = math.Max(abs, math.Abs(float64(a[i])-float64(b[i])))
-		ref = math.Max(ref, math.Abs(float64(b[i])))
-	}
-	if ref == 0 {
-		return abs, abs
-	}
-	return abs, abs / ref
+	return fixture.MaxAbsDiff(a, b), fixture.RelDiff(a, b)
 }
 
 // runEval runs p in eval mode on x and returns the first output's values and shape.

@@ -9,36 +9,21 @@ import (
 
 	"github.com/sptctl/sptctl/data"
 	"github.com/sptctl/sptctl/inject"
+	"github.com/sptctl/sptctl/internal/fixture"
 	"github.com/sptctl/sptctl/internal/meta"
-	"github.com/sptctl/sptctl/onnxio"
-	"github.com/sptctl/sptctl/surgery"
 )
 
 // fitSetup carves a 5-class Fashion-MNIST task and injects a LoRA plan into a 1-channel
 // 28×28 fixture; it returns the compiled program and the task's splits.
-func fitSetup(t *testing.T, w *Worker, fixture string, strategy inject.Strategy) (*Program, *data.Dataset) {
+func fitSetup(t *testing.T, w *Worker, fx string, strategy inject.Strategy) (*Program, *data.Dataset) {
 	t.Helper()
-	dir := filepath.Join(t.TempDir(), "task")
-	if err := data.FewShot(data.FewShotOptions{From: "/usr/share/datasets/fashion-mnist", Classes: []int{0, 1, 2, 3, 4},
-		Train: 120, Val: 60, Test: 60, Seed: 1, Out: dir}); err != nil {
-		t.Fatal(err)
-	}
-	ds, err := data.Open(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, err := onnxio.Load("../testdata/" + fixture + ".onnx")
-	if err != nil {
-		t.Fatal(err)
-	}
-	g := surgery.New(m)
-	v, err := surgery.FindViT(g)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ds := fixture.OpenFewShot(t, data.FewShotOptions{Classes: []int{0, 1, 2, 3, 4}, Train: 120, Val: 60, Test: 60, Seed: 1,
+		Out: filepath.Join(t.TempDir(), "task")})
+	f := fixture.Load(t, fixture.Path(t, fx))
+	m := f.M
 	opt := inject.DefaultOptions()
 	opt.Strategy, opt.Classes = strategy, 5
-	plan, err := inject.Allocate(v, g, nil, opt)
+	plan, err := inject.Allocate(f.V, f.G, nil, opt)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -9,7 +9,6 @@ import (
 	"strings"
 	"testing"
 
-
 	"github.com/sptctl/sptctl/export/adapter"
 	"github.com/sptctl/sptctl/export/adapter/adaptertest"
 	"github.com/sptctl/sptctl/export/ort"

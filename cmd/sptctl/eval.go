@@ -50,17 +50,27 @@ type evalResult struct {
 	Model   string  `json:"model"`
 }
 
+// openSession opens the model at modelPath with ONNX Runtime, with the --adapter of c
+// if one is given: run runs the model (through the adapter), done closes both.
+func openSession(c *cli.Context, modelPath string) (s *ort.Session, run func(map[string]ort.Tensor) (map[string]ort.Tensor, error), done func(), err error) {
+	s, err = ort.Open(modelPath)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	run, closeAdapter, err := withAdapter(c, s, modelPath)
+	if err != nil {
+		s.Close()
+		return nil, nil, nil, err
+	}
+	return s, run, func() { closeAdapter(); s.Close() }, nil
+}
+
 func runEval(c *cli.Context) error {
 	modelPath, dir := c.String("model"), c.String("data")
 	if c.Int("batch-size") < 1 {
 		return usagef("eval: --batch-size must be at least 1")
 	}
-	s, err := ort.Open(modelPath)
-	if err != nil {
-		return err
-	}
-	defer s.Close()
-	runFn, done, err := withAdapter(c, s, modelPath)
+	s, runFn, done, err := openSession(c, modelPath)
 	if err != nil {
 		return err
 	}
@@ -271,12 +281,7 @@ func runCommand() *cli.Command {
 		},
 		Action: func(c *cli.Context) error {
 			modelPath, inPath, outPath := c.String("model"), c.String("input"), c.String("output")
-			s, err := ort.Open(modelPath)
-			if err != nil {
-				return err
-			}
-			defer s.Close()
-			runFn, done, err := withAdapter(c, s, modelPath)
+			s, runFn, done, err := openSession(c, modelPath)
 			if err != nil {
 				return err
 			}

@@ -12,29 +12,23 @@ import (
 	"github.com/sptctl/sptctl/data"
 	"github.com/sptctl/sptctl/export/ort"
 	"github.com/sptctl/sptctl/inject"
+	"github.com/sptctl/sptctl/internal/fixture"
 	"github.com/sptctl/sptctl/internal/meta"
 	"github.com/sptctl/sptctl/internal/npy"
 	"github.com/sptctl/sptctl/onnxio"
 )
 
-const fashionMNIST = "/usr/share/datasets/fashion-mnist"
+const fashionMNIST = fixture.FashionMNIST
 
 // fewShot carves a small Fashion-MNIST task (classes, 10 training images, test test
 // images) into dir/fewshot-CLASSES and returns its folder.
 func fewShot(t *testing.T, dir, classes string, test int) string {
 	t.Helper()
-	if _, err := os.Stat(fashionMNIST); err != nil {
-		t.Fatalf("Fashion-MNIST not installed (make setup installs dataset-fashion-mnist): %v", err)
-	}
 	cs, err := data.ParseClasses(classes)
 	if err != nil {
 		t.Fatal(err)
 	}
-	out := filepath.Join(dir, "fewshot-"+classes)
-	if err := data.FewShot(data.FewShotOptions{From: fashionMNIST, Classes: cs, Train: 10, Test: test, Seed: 1, Out: out}); err != nil {
-		t.Fatal(err)
-	}
-	return out
+	return fixture.FewShot(t, data.FewShotOptions{Classes: cs, Train: 10, Test: test, Seed: 1, Out: filepath.Join(dir, "fewshot-"+classes)})
 }
 
 // expectedCorrect runs every test image alone (zero-padded to a fixed batch) and
@@ -185,8 +179,8 @@ func TestRun(t *testing.T) {
 			t.Fatal(err)
 		}
 		want, _ := npy.Read("../../testdata/" + name + ".output.npy")
-		if !slices.Equal(got.Shape, want.Shape) || exRel(got.Float32, want.Float32) > 1e-5 {
-			t.Errorf("%s: output %v differs from PyTorch's %v (%.3g)", name, got.Shape, want.Shape, exRel(got.Float32, want.Float32))
+		if !slices.Equal(got.Shape, want.Shape) || fixture.RelDiff(got.Float32, want.Float32) > 1e-5 {
+			t.Errorf("%s: output %v differs from PyTorch's %v (%.3g)", name, got.Shape, want.Shape, fixture.RelDiff(got.Float32, want.Float32))
 		}
 		if !strings.Contains(stderr, "wrote "+out+": logits [") {
 			t.Errorf("stderr %q", stderr)

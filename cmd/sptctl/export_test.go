@@ -3,7 +3,6 @@ package main
 import (
 	"encoding/json"
 	"errors"
-	"math"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -14,67 +13,33 @@ import (
 	"github.com/sptctl/sptctl/export"
 	"github.com/sptctl/sptctl/export/ort"
 	"github.com/sptctl/sptctl/inject"
+	"github.com/sptctl/sptctl/internal/fixture"
+	"github.com/sptctl/sptctl/internal/fixture/injected"
+	"github.com/sptctl/sptctl/internal/fixture/ortcheck"
 	"github.com/sptctl/sptctl/internal/meta"
-	"github.com/sptctl/sptctl/internal/npy"
 	"github.com/sptctl/sptctl/onnxio"
-	"github.com/sptctl/sptctl/surgery"
 )
 
 // exTrained writes a trained model: fixture injected with a plan of typ (LoRA or
 // Adapter, about a sixth of the backbone) for classes classes, every trainable tensor
 // moved by random values as training would. The base path is recorded unless noBase.
-func exTrained(t *testing.T, fixture string, typ inject.Type, classes int, seed uint64, out string, noBase bool) string {
+func exTrained(t *testing.T, fx string, typ inject.Type, classes int, seed uint64, out string, noBase bool) string {
 	t.Helper()
-	m, err := onnxio.Load(fixture)
-	if err != nil {
-		t.Fatal(err)
-	}
-	g := surgery.New(m)
-	v, err := surgery.FindViT(g)
-	if err != nil {
-		t.Fatal(err)
-	}
+	f := fixture.Load(t, fx)
 	rng := rand.New(rand.NewPCG(seed, 3))
-	s := inject.Scores{}
-	for _, in := range m.Graph.Initializer {
-		x := make([]float32, onnxio.NumElements(in.Dims))
-		for i := range x {
-			x[i] = rng.Float32()
-		}
-		s[in.GetName()] = x
-	}
 	opt := inject.DefaultOptions()
-	opt.Type, opt.Budget, opt.Classes = typ, inject.BackboneParams(v, g)/6, classes
-	p, err := inject.Allocate(v, g, s, opt)
+	opt.Type, opt.Budget, opt.Classes = typ, inject.BackboneParams(f.V, f.G)/6, classes
+	p, err := inject.Allocate(f.V, f.G, fixture.RandomScores(f.G, rng), opt)
 	if err != nil {
 		t.Fatal(err)
 	}
-	abs, _ := filepath.Abs(fixture)
+	abs, _ := filepath.Abs(fx)
 	if noBase {
 		abs = ""
 	}
-	if err := inject.Apply(m, p, inject.ApplyOptions{Dropout: 0.1, BasePath: abs}); err != nil {
-		t.Fatal(err)
-	}
-	sp, err := export.Plan(m)
-	if err != nil {
-		t.Fatal(err)
-	}
-	g = surgery.New(m)
-	for _, r := range sp.Injected {
-		if !r.Trainable {
-			continue
-		}
-		x, _ := onnxio.Floats(g.Initializer(r.Init))
-		for i := range x {
-			x[i] += float32(rng.NormFloat64() * 0.05)
-		}
-		onnxio.SetFloats(g.Initializer(r.Init), x)
-	}
-	if err := onnxio.Save(out, m); err != nil {
-		t.Fatal(err)
-	}
-	return out
+	injected.Apply(t, f.M, p, inject.ApplyOptions{Dropout: 0.1, BasePath: abs})
+	injected.Perturb(t, f.M, rng, nil)
+	return fixture.Save(t, f.M, out)
 }
 
 func exRun(t *testing.T, model string, x ort.Tensor) []float32 {
@@ -86,27 +51,6 @@ func exRun(t *testing.T, model string, x ort.Tensor) []float32 {
 	return y.Data
 }
 
-func exInput(t *testing.T, fixture string) ort.Tensor {
-	t.Helper()
-	a, err := npy.Read(strings.TrimSuffix(fixture, ".onnx") + ".input.npy")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return ort.Tensor{Shape: a.Shape, Data: a.Float32}
-}
-
-func exRel(a, b []float32) float64 {
-	if len(a) != len(b) {
-		return math.Inf(1)
-	}
-	var d, s float64
-	for i := range a {
-		d = max(d, math.Abs(float64(a[i])-float64(b[i])))
-		s = max(s, math.Abs(float64(b[i])))
-	}
-	return d / s
-}
-
 func exists(p string) bool {
 	_, err := os.Stat(p)
 	return err == nil
@@ -114,10 +58,10 @@ func exists(p string) bool {
 
 func TestExportMerge(t *testing.T) {
 	dir := t.TempDir()
-	for _, fixture := range []string{"../../testdata/tv_op17_alias.onnx", "../../testdata/tv_op14_static.onnx"} {
-		name := strings.TrimSuffix(filepath.Base(fixture), ".onnx")
+	for _, fx := range []string{"../../testdata/tv_op17_alias.onnx", "../../testdata/tv_op14_static.onnx"} {
+		name := fixture.Name(fx)
 		for _, typ := range []inject.Type{inject.LoRA, inject.Adapter} {
-			trained := exTrained(t, fixture, typ, 5, 1, filepath.Join(dir, name+"_"+string(typ)+".onnx"), false)
+			trained := exTrained(t, fx, typ, 5, 1, filepath.Join(dir, name+"_"+string(typ)+".onnx"), false)
 			out := filepath.Join(dir, name+"_"+string(typ)+"_merged.onnx")
 			// The base comes from the path inject recorded.
 			code, stdout, stderr := sptctl(t, "export", "--model", trained, "--merge", "--out", out, "--json")
@@ -137,13 +81,13 @@ func TestExportMerge(t *testing.T) {
 			if typ == inject.Adapter && len(res.Merge.Adapters) == 0 {
 				t.Errorf("%s: adapters not reported", name)
 			}
-			x := exInput(t, fixture)
-			if r := exRel(exRun(t, out, x), exRun(t, trained, x)); r > 1e-5 {
+			x := ortcheck.Input(t, fx, 0)
+			if r := fixture.RelDiff(exRun(t, out, x), exRun(t, trained, x)); r > 1e-5 {
 				t.Errorf("%s %s: merged vs trained %.3g", name, typ, r)
 			}
 			// The text form says what could not fold.
 			if typ == inject.Adapter {
-				code, stdout, _ := sptctl(t, "export", "--model", trained, "--merge", "--out", out, "--base", fixture)
+				code, stdout, _ := sptctl(t, "export", "--model", trained, "--merge", "--out", out, "--base", fx)
 				if code != 0 || !strings.Contains(stdout, "cannot fold") {
 					t.Errorf("text report: %d %q", code, stdout)
 				}
@@ -154,14 +98,14 @@ func TestExportMerge(t *testing.T) {
 
 func TestExportSidecarTwoTasks(t *testing.T) {
 	dir := t.TempDir()
-	fixture := "../../testdata/tv_op17_dynamic.onnx"
+	fx := "../../testdata/tv_op17_dynamic.onnx"
 	side := filepath.Join(dir, "side")
-	x := exInput(t, fixture)
+	x := ortcheck.Input(t, fx, 0)
 	var ino uint64
 	var mtime int64
 	for i, task := range []string{"cars", "birds"} {
 		typ := []inject.Type{inject.LoRA, inject.Adapter}[i]
-		trained := exTrained(t, fixture, typ, 3+i, uint64(i), filepath.Join(dir, task+".onnx"), false)
+		trained := exTrained(t, fx, typ, 3+i, uint64(i), filepath.Join(dir, task+".onnx"), false)
 		code, stdout, stderr := sptctl(t, "export", "--model", trained, "--sidecar", side, "--task", task, "--json", "--samples", "3")
 		if code != 0 {
 			t.Fatalf("%s: exit %d: %s", task, code, stderr)
@@ -173,7 +117,7 @@ func TestExportSidecarTwoTasks(t *testing.T) {
 		if res.Sidecar.BaseWritten != (i == 0) {
 			t.Errorf("%s: base written %v", task, res.Sidecar.BaseWritten)
 		}
-		if r := exRel(exRun(t, filepath.Join(side, task+".onnx"), x), exRun(t, trained, x)); r > 1e-5 {
+		if r := fixture.RelDiff(exRun(t, filepath.Join(side, task+".onnx"), x), exRun(t, trained, x)); r > 1e-5 {
 			t.Errorf("%s: sidecar vs trained %.3g", task, r)
 		}
 		fi, _ := os.Stat(filepath.Join(side, export.BaseData))
@@ -189,10 +133,10 @@ func TestExportSidecarTwoTasks(t *testing.T) {
 
 func TestExportRefuses(t *testing.T) {
 	dir := t.TempDir()
-	fixture := "../../testdata/tv_op17_dynamic.onnx"
+	fx := "../../testdata/tv_op17_dynamic.onnx"
 	other := "../../testdata/hf_op17.onnx"
-	trained := exTrained(t, fixture, inject.LoRA, 5, 1, filepath.Join(dir, "trained.onnx"), false)
-	unrecorded := exTrained(t, fixture, inject.LoRA, 5, 1, filepath.Join(dir, "unrecorded.onnx"), true)
+	trained := exTrained(t, fx, inject.LoRA, 5, 1, filepath.Join(dir, "trained.onnx"), false)
+	unrecorded := exTrained(t, fx, inject.LoRA, 5, 1, filepath.Join(dir, "unrecorded.onnx"), true)
 	out := filepath.Join(dir, "out.onnx")
 	side := filepath.Join(dir, "side")
 	cases := []struct {
@@ -200,8 +144,8 @@ func TestExportRefuses(t *testing.T) {
 		code int
 		want string
 	}{
-		{[]string{"export", "--model", fixture, "--merge", "--out", out}, 1, "tv_op17_dynamic.onnx was not made by `sptctl inject` (no sptctl.plan metadata)"},
-		{[]string{"export", "--model", fixture, "--sidecar", side, "--task", "a"}, 1, "was not made by `sptctl inject`"},
+		{[]string{"export", "--model", fx, "--merge", "--out", out}, 1, "tv_op17_dynamic.onnx was not made by `sptctl inject` (no sptctl.plan metadata)"},
+		{[]string{"export", "--model", fx, "--sidecar", side, "--task", "a"}, 1, "was not made by `sptctl inject`"},
 		{[]string{"export", "--model", unrecorded, "--merge", "--out", out}, 1, "records no base model path; give --base"},
 		{[]string{"export", "--model", trained, "--merge", "--out", out, "--base", other}, 1, "not the one the model was injected from"},
 		{[]string{"export", "--model", trained, "--sidecar", side, "--task", "a", "--base", other}, 1, "not the one the model was injected from"},
@@ -258,8 +202,8 @@ func TestExportRefuses(t *testing.T) {
 func TestExportParityOnData(t *testing.T) {
 	dir := t.TempDir()
 	ds := fewShot(t, dir, "0-4", 6)
-	fixture := "../../testdata/tv_op14_static.onnx"
-	trained := exTrained(t, fixture, inject.LoRA, 5, 1, filepath.Join(dir, "trained.onnx"), false)
+	fx := "../../testdata/tv_op14_static.onnx"
+	trained := exTrained(t, fx, inject.LoRA, 5, 1, filepath.Join(dir, "trained.onnx"), false)
 	m, _ := onnxio.Load(trained)
 	meta.Set(m, meta.KeyPreprocess, meta.Preprocess{Channels: 1, Height: 28, Width: 28, Mean: []float32{0.3}, Std: []float32{0.4}})
 	onnxio.Save(trained, m)

@@ -10,6 +10,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/sptctl/sptctl/internal/fixture"
 	"github.com/sptctl/sptctl/onnxio"
 	"github.com/sptctl/sptctl/onnxio/onnxpb"
 )
@@ -22,16 +23,8 @@ func sptctl(t *testing.T, args ...string) (int, string, string) {
 	return code, out.String(), errb.String()
 }
 
-func fixtures(t *testing.T) []string {
-	fs, _ := filepath.Glob("../../testdata/*.onnx")
-	if len(fs) == 0 {
-		t.Fatal("no fixtures")
-	}
-	return fs
-}
-
 func TestInspectJSONFindsEveryLayer(t *testing.T) {
-	for _, f := range fixtures(t) {
+	for _, f := range fixture.Paths(t) {
 		var truth struct {
 			Blocks int `json:"blocks"`
 			Params int64

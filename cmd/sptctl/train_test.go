@@ -8,15 +8,14 @@ import (
 	"testing"
 
 	"github.com/sptctl/sptctl/data"
+	"github.com/sptctl/sptctl/internal/fixture"
 	"github.com/sptctl/sptctl/sensitivity"
 )
 
 func TestSensitivityCommand(t *testing.T) {
 	dir := t.TempDir()
 	task := filepath.Join(dir, "task")
-	if err := data.FewShot(data.FewShotOptions{From: fashionMNIST, Classes: []int{5, 6, 7}, Train: 24, Val: 0, Test: 3, Seed: 1, Out: task}); err != nil {
-		t.Fatal(err)
-	}
+	fixture.FewShot(t, data.FewShotOptions{Classes: []int{5, 6, 7}, Train: 24, Val: 0, Test: 3, Seed: 1, Out: task})
 	out, png := filepath.Join(dir, "s.safetensors"), filepath.Join(dir, "s.png")
 	model := "../../testdata/tv_op14_static.onnx"
 	code, stdout, stderr := sptctl(t, "sensitivity", "--model", model, "--data", task, "--batches", "2", "--batch-size", "8", "--out", out, "--plot", png, "--json")
@@ -45,9 +44,7 @@ func TestSensitivityCommand(t *testing.T) {
 func TestSensitivityTrainBadInput(t *testing.T) {
 	dir := t.TempDir()
 	task := filepath.Join(dir, "task")
-	if err := data.FewShot(data.FewShotOptions{From: fashionMNIST, Train: 30, Val: 10, Test: 10, Seed: 1, Out: task}); err != nil { // 10 classes
-		t.Fatal(err)
-	}
+	fixture.FewShot(t, data.FewShotOptions{Train: 30, Val: 10, Test: 10, Seed: 1, Out: task}) // 10 classes
 	bad := filepath.Join(dir, "bad")
 	os.MkdirAll(bad, 0o755)
 	os.WriteFile(filepath.Join(bad, "train800.txt"), []byte("images/missing.png 0\n"), 0o644)

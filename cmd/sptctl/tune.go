@@ -57,23 +57,23 @@ func tuneCommand() *cli.Command {
 
 // tuneReport is report.json.
 type tuneReport struct {
-	Model     string             `json:"model"`
-	Data      string             `json:"data"`
-	Out       string             `json:"out"`
-	Strategy  string             `json:"strategy"`
-	Type      string             `json:"type"`
-	Backbone  int64              `json:"backbone_params"`
-	Trainable int64              `json:"trainable"`
-	Share     float64            `json:"trainable_share"` // of the backbone
-	Plan      json.RawMessage    `json:"plan"`
-	Before    float64            `json:"top1_before"` // untrained task head, test split
-	After     float64            `json:"top1_after"`  // trained model, test split
-	Merged    float64            `json:"top1_merged"`
-	Sidecar   float64            `json:"top1_sidecar"`
-	TestN     int                `json:"test_n"`
-	Train     json.RawMessage    `json:"train"`
-	Stages    []stageTime        `json:"stages"`
-	Files     map[string]string  `json:"files"`
+	Model     string            `json:"model"`
+	Data      string            `json:"data"`
+	Out       string            `json:"out"`
+	Strategy  string            `json:"strategy"`
+	Type      string            `json:"type"`
+	Backbone  int64             `json:"backbone_params"`
+	Trainable int64             `json:"trainable"`
+	Share     float64           `json:"trainable_share"` // of the backbone
+	Plan      json.RawMessage   `json:"plan"`
+	Before    float64           `json:"top1_before"` // untrained task head, test split
+	After     float64           `json:"top1_after"`  // trained model, test split
+	Merged    float64           `json:"top1_merged"`
+	Sidecar   float64           `json:"top1_sidecar"`
+	TestN     int               `json:"test_n"`
+	Train     json.RawMessage   `json:"train"`
+	Stages    []stageTime       `json:"stages"`
+	Files     map[string]string `json:"files"`
 	// Allocation is the plan as a block × layer table (where the budget went).
 	Allocation string `json:"allocation"`
 }

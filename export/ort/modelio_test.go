@@ -11,6 +11,7 @@ import (
 	onnxruntime "github.com/yalue/onnxruntime_go"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/sptctl/sptctl/internal/fixture"
 	"github.com/sptctl/sptctl/onnxio"
 	"github.com/sptctl/sptctl/onnxio/onnxpb"
 )
@@ -36,7 +37,7 @@ func checkScanMatchesORT(t *testing.T, name string, model []byte) ([]IOInfo, []I
 
 func TestScanIOMatchesORTOnFixtures(t *testing.T) {
 	mustInit(t)
-	for _, p := range fixtures(t) {
+	for _, p := range fixture.Paths(t) {
 		b, err := os.ReadFile(p)
 		if err != nil {
 			t.Fatal(err)
@@ -215,7 +216,7 @@ func TestExternalData(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d := maxAbsDiff(out["logits"].Data, want.Float32); d > 1e-5 {
+	if d := fixture.MaxAbsDiff(out["logits"].Data, want.Float32); d > 1e-5 {
 		t.Errorf("external data: diff %g", d)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/sptctl/sptctl/internal/fixture"
 	"github.com/sptctl/sptctl/internal/npy"
 )
 
@@ -31,37 +32,10 @@ func readNpy(tb testing.TB, p string) *npy.Array {
 	return a
 }
 
-func fixtures(tb testing.TB) []string {
-	tb.Helper()
-	paths, _ := filepath.Glob(filepath.Join(testdata, "*.onnx"))
-	if len(paths) == 0 {
-		tb.Fatal("no fixtures in testdata/")
-	}
-	return paths
-}
-
 // repeatBatch builds a batch of n images from x (batch first), cycling x's images.
 func repeatBatch(x *npy.Array, n int64) Tensor {
-	per := int64(len(x.Float32)) / x.Shape[0]
-	shape := append([]int64{n}, x.Shape[1:]...)
-	data := make([]float32, 0, n*per)
-	for i := int64(0); i < n; i++ {
-		j := i % x.Shape[0]
-		data = append(data, x.Float32[j*per:(j+1)*per]...)
-	}
-	return Tensor{Shape: shape, Data: data}
-}
-
-func maxAbsDiff(a, b []float32) float64 {
-	var m float64
-	for i := range a {
-		d := math.Abs(float64(a[i]) - float64(b[i]))
-		if math.IsNaN(d) {
-			return math.Inf(1)
-		}
-		m = max(m, d)
-	}
-	return m
+	r := fixture.Repeat(x, n)
+	return Tensor{Shape: r.Shape, Data: r.Float32}
 }
 
 // TestFixturesMatchPyTorch runs every fixture with ONNX Runtime on its input and
@@ -69,7 +43,7 @@ func maxAbsDiff(a, b []float32) float64 {
 func TestFixturesMatchPyTorch(t *testing.T) {
 	mustInit(t)
 	t.Logf("ONNX Runtime %s from %s", Version(), LibraryPath())
-	for _, path := range fixtures(t) {
+	for _, path := range fixture.Paths(t) {
 		name := strings.TrimSuffix(filepath.Base(path), ".onnx")
 		t.Run(name, func(t *testing.T) {
 			base := strings.TrimSuffix(path, ".onnx")
@@ -93,7 +67,7 @@ func TestFixturesMatchPyTorch(t *testing.T) {
 			if !reflect.DeepEqual(y.Shape, want.Shape) {
 				t.Fatalf("output shape %v, PyTorch %v", y.Shape, want.Shape)
 			}
-			d := maxAbsDiff(y.Data, want.Float32)
+			d := fixture.MaxAbsDiff(y.Data, want.Float32)
 			t.Logf("%s: max |ORT - PyTorch| = %.3g over %d logits", name, d, len(y.Data))
 			if d > 1e-5 {
 				t.Errorf("%s: max abs diff %g > 1e-5", name, d)
@@ -118,7 +92,7 @@ func TestFixturesMatchPyTorch(t *testing.T) {
 						t.Fatalf("batch %d: non-finite output %v", n, y.Data)
 					}
 				}
-				if d := maxAbsDiff(y.Data[:10], want.Float32[:10]); d > 1e-5 {
+				if d := fixture.MaxAbsDiff(y.Data[:10], want.Float32[:10]); d > 1e-5 {
 					t.Errorf("batch %d: image 0 differs from PyTorch by %g", n, d)
 				}
 			}
@@ -232,7 +206,7 @@ func TestOpenBytesRunFileClose(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d := maxAbsDiff(out["logits"].Data, want.Float32); d > 1e-5 {
+	if d := fixture.MaxAbsDiff(out["logits"].Data, want.Float32); d > 1e-5 {
 		t.Errorf("OpenBytes: diff %g", d)
 	}
 
@@ -244,7 +218,7 @@ func TestOpenBytesRunFileClose(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			out, err := s.Run(in)
-			if err == nil && maxAbsDiff(out["logits"].Data, want.Float32) > 1e-5 {
+			if err == nil && fixture.MaxAbsDiff(out["logits"].Data, want.Float32) > 1e-5 {
 				err = os.ErrInvalid
 			}
 			errs[i] = err
@@ -271,7 +245,7 @@ func TestOpenBytesRunFileClose(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d := maxAbsDiff(out["logits"].Data, want.Float32); d > 1e-5 {
+	if d := fixture.MaxAbsDiff(out["logits"].Data, want.Float32); d > 1e-5 {
 		t.Errorf("RunFile: diff %g", d)
 	}
 	// The input was not modified.

@@ -5,14 +5,11 @@ package adaptertest
 
 import (
 	"math/rand/v2"
-	"slices"
 	"testing"
 
-	"google.golang.org/protobuf/proto"
-
 	"github.com/sptctl/sptctl/inject"
-	"github.com/sptctl/sptctl/internal/meta"
-	"github.com/sptctl/sptctl/onnxio"
+	"github.com/sptctl/sptctl/internal/fixture"
+	"github.com/sptctl/sptctl/internal/fixture/injected"
 	"github.com/sptctl/sptctl/onnxio/onnxpb"
 	"github.com/sptctl/sptctl/surgery"
 )
@@ -115,7 +112,7 @@ func Specs() []Spec {
 // tensor to random non-zero values (whole tensors: their value plus noise).
 func Make(tb testing.TB, base *onnxpb.ModelProto, spec Spec) Task {
 	tb.Helper()
-	m := proto.Clone(base).(*onnxpb.ModelProto)
+	m := fixture.Clone(base)
 	g := surgery.New(m)
 	v, err := surgery.FindViT(g)
 	if err != nil {
@@ -144,57 +141,19 @@ func Make(tb testing.TB, base *onnxpb.ModelProto, spec Spec) Task {
 		if u.Mode == "" {
 			continue
 		}
-		lp := inject.LayerPlan{Name: l.Name, Block: l.Block, Kind: string(l.Kind), Weight: l.Weight, Layout: l.Layout.String(),
-			In: l.In, Out: l.Out, Fused: l.Fused, Offset: l.Offset, Mode: u.Mode, Rank: u.Rank}
-		switch u.Mode {
-		case inject.ModeLoRA:
-			lp.Params = int64(u.Rank * (l.In + l.Out))
-		case inject.ModeAdapter:
-			lp.Params = int64(2*u.Rank*l.Out + u.Rank + l.Out)
-		case inject.ModeFull:
-			lp.Params = int64(l.In * l.Out)
-		}
-		seen := map[int64]bool{}
-		for len(lp.Indices) < u.Sparse {
-			o, in := rng.IntN(l.Out), rng.IntN(l.In)
-			var f int64
-			if l.Layout == surgery.InOut {
-				f = int64(in*l.TotalOut + l.Offset + o)
-			} else {
-				f = int64((l.Offset+o)*l.In + in)
-			}
-			if !seen[f] {
-				seen[f] = true
-				lp.Indices = append(lp.Indices, f)
-			}
-		}
-		slices.Sort(lp.Indices)
-		lp.Params += int64(len(lp.Indices))
+		lp := injected.Layer(l, u.Mode, u.Rank)
+		injected.AddSparse(&lp, l, u.Sparse, rng)
 		p.Layers = append(p.Layers, lp)
 	}
 	for j, x := range v.Vectors() {
-		mode, n := spec.Vector(j)
-		if mode == "" {
-			continue
+		if mode, n := spec.Vector(j); mode != "" {
+			p.Vectors = append(p.Vectors, injected.Vector(x, mode, n, rng))
 		}
-		vp := inject.VectorPlan{Name: x.Name, Block: x.Block, Init: x.Init, Offset: x.Offset, Size: x.Size, Mode: mode}
-		if mode == inject.ModeFull {
-			vp.Params = int64(x.Size)
-		} else {
-			for _, k := range rng.Perm(x.Size)[:n] {
-				vp.Indices = append(vp.Indices, int64(x.Offset+k))
-			}
-			slices.Sort(vp.Indices)
-			vp.Params = int64(n)
-		}
-		p.Vectors = append(p.Vectors, vp)
 	}
-	if spec.ClassToken {
-		if t := g.Initializer(v.ClassToken); t != nil {
-			p.ClassToken = &inject.TensorPlan{Name: "class_token", Init: v.ClassToken, Params: onnxio.NumElements(t.Dims)}
-		}
-	} else {
+	if !spec.ClassToken {
 		p.ClassToken = nil
+	} else if ct := injected.ClassToken(g, v); ct != nil {
+		p.ClassToken = ct
 	}
 	p.Recount()
 	if err := inject.Apply(m, p, inject.ApplyOptions{KeepHead: keep, Seed: int64(spec.Seed)}); err != nil {
@@ -208,35 +167,7 @@ func Make(tb testing.TB, base *onnxpb.ModelProto, spec Spec) Task {
 // non-zero values: deltas N(0, 0.05²)·, whole tensors their value plus that noise.
 func Randomize(tb testing.TB, m *onnxpb.ModelProto, seed uint64) {
 	tb.Helper()
-	s, _ := onnxio.Metadata(m, meta.KeyPlan)
-	p, err := inject.DecodePlan([]byte(s))
-	if err != nil {
-		tb.Fatal(err)
-	}
-	g := surgery.New(m)
-	rng := rand.New(rand.NewPCG(seed, 1234))
-	done := map[string]bool{}
-	for _, r := range p.Injected {
-		if !r.Trainable || done[r.Init] {
-			continue
-		}
-		done[r.Init] = true
-		t := g.Initializer(r.Init)
-		x, err := onnxio.Floats(t)
-		if err != nil {
-			tb.Fatal(err)
-		}
-		for i := range x {
-			d := float32(0.05 * rng.NormFloat64())
-			if d == 0 {
-				d = 0.01
-			}
-			x[i] += d
-		}
-		if err := onnxio.SetFloats(t, x); err != nil {
-			tb.Fatal(err)
-		}
-	}
+	injected.Perturb(tb, m, rand.New(rand.NewPCG(seed, 1234)), nil)
 }
 
 // MakeAll makes the tasks of Specs on base.
@@ -259,24 +190,7 @@ func Models(ts []Task) []*onnxpb.ModelProto {
 }
 
 // RelDiff is max|a−b| / max|b| (b the reference), +Inf on a length mismatch or NaN.
-func RelDiff(a, b []float32) float64 {
-	if len(a) != len(b) {
-		return inf()
-	}
-	var num, den float64
-	for i := range a {
-		d := float64(a[i]) - float64(b[i])
-		if d != d {
-			return inf()
-		}
-		num = max(num, abs(d))
-		den = max(den, abs(float64(b[i])))
-	}
-	if den == 0 {
-		return num
-	}
-	return num / den
-}
+func RelDiff(a, b []float32) float64 { return fixture.RelDiff(a, b) }
 
 // Columns keeps the first n of each row of a [rows, cols] matrix.
 func Columns(x []float32, cols, n int) []float32 {
@@ -290,12 +204,3 @@ func Columns(x []float32, cols, n int) []float32 {
 	}
 	return out
 }
-
-func abs(x float64) float64 {
-	if x < 0 {
-		return -x
-	}
-	return x
-}
-
-func inf() float64 { var z float64; return 1 / z }
