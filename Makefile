@@ -4,6 +4,9 @@ SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 
 export CGO_ENABLED := 1
+# libtorch's OpenMP threads wait passively instead of spinning (sptctl itself sets this
+# too; see cmd/sptctl/main.go): tests then keep their speed on a busy machine.
+export OMP_WAIT_POLICY ?= PASSIVE
 # ONNX Runtime's shared library, fetched by scripts/setup.sh; tests and the CLI read it.
 SPTCTL_ORT_LIB ?= $(CURDIR)/third_party/onnxruntime/libonnxruntime.so.1
 export SPTCTL_ORT_LIB

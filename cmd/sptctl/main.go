@@ -11,6 +11,7 @@ import (
 	"io"
 	"os"
 	"strings"
+	"syscall"
 
 	"github.com/urfave/cli/v2"
 )
@@ -39,7 +40,25 @@ func newApp() *cli.App {
 }
 
 func main() {
+	passiveOpenMP()
 	os.Exit(run(os.Args, os.Stdout, os.Stderr))
+}
+
+// passiveOpenMP restarts sptctl with OMP_WAIT_POLICY=PASSIVE unless the variable is
+// set. libtorch's OpenMP threads otherwise spin while they wait; with other processes
+// on the cores that slowed training ten-fold here (bench/RESULTS.md), while on an idle
+// machine passive waiting costs nothing measurable (bench/RESULTS-engine.md). OpenMP
+// reads the variable when the library loads, before main, hence the restart.
+func passiveOpenMP() {
+	if _, set := os.LookupEnv("OMP_WAIT_POLICY"); set {
+		return
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return
+	}
+	env := append(os.Environ(), "OMP_WAIT_POLICY=PASSIVE")
+	_ = syscall.Exec(exe, os.Args, env) // returns only on failure: then run as we are
 }
 
 // run runs sptctl with args, writing results to stdout and progress and errors to
