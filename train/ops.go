@@ -1118,22 +1118,8 @@ func opUnsqueeze(c *nodeCtx) (kernel, error) {
 		if in[0].h != nil {
 			return []value{{h: hostReshape(in[0].h, shape)}}, nil
 		}
-		sort.Ints(norm)
-		t := in[0].t
-		for k, a := range norm {
-			nt, err := t.Unsqueeze(int64(a), false)
-			if k > 0 {
-				t.Drop()
-			}
-			if err != nil {
-				return nil, torchErr(err)
-			}
-			t = nt
-		}
-		if len(norm) == 0 {
-			return clone(t)
-		}
-		return []value{{t: t}}, nil
+		// Inserting size-1 axes never needs a copy: a reshape is a view.
+		return one(reshapeT(in[0].t, shape))
 	}, nil
 }
 
@@ -1152,12 +1138,10 @@ func opSqueeze(c *nodeCtx) (kernel, error) {
 			return nil, err
 		}
 		drop := make([]bool, len(xs))
-		var list []int
 		if len(axes) == 0 {
 			for d, s := range xs {
 				if s == 1 {
 					drop[d] = true
-					list = append(list, d)
 				}
 			}
 		} else {
@@ -1169,10 +1153,7 @@ func opSqueeze(c *nodeCtx) (kernel, error) {
 				if xs[a] != 1 {
 					return nil, fmt.Errorf("cannot squeeze axis %d of size %d", a, xs[a])
 				}
-				if !drop[a] {
-					drop[a] = true
-					list = append(list, a)
-				}
+				drop[a] = true
 			}
 		}
 		shape := []int64{}
@@ -1184,22 +1165,8 @@ func opSqueeze(c *nodeCtx) (kernel, error) {
 		if in[0].h != nil {
 			return []value{{h: hostReshape(in[0].h, shape)}}, nil
 		}
-		sort.Sort(sort.Reverse(sort.IntSlice(list)))
-		t := in[0].t
-		for k, a := range list {
-			nt, err := t.SqueezeDim(int64(a), false)
-			if k > 0 {
-				t.Drop()
-			}
-			if err != nil {
-				return nil, torchErr(err)
-			}
-			t = nt
-		}
-		if len(list) == 0 {
-			return clone(t)
-		}
-		return []value{{t: t}}, nil
+		// Removing size-1 axes never needs a copy: a reshape is a view.
+		return one(reshapeT(in[0].t, shape))
 	}, nil
 }
 
