@@ -13,7 +13,7 @@ EPOCHS=${EPOCHS:-20}
 mkdir -p "$OUT"
 
 echo "== the built-in backbone" >&2
-"$SPTCTL" inspect models/vit-fmnist.onnx | head -6
+"$SPTCTL" inspect models/vit-fmnist.onnx | sed -n 1,6p # sed reads it all: no SIGPIPE under pipefail
 
 if [ ! -f "$OUT/task/fewshot.json" ]; then
 	echo "== carving the task: Fashion-MNIST classes 5-9, 800 train / 200 val, all 5,000 test images" >&2
