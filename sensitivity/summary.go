@@ -1,11 +1,10 @@
 package sensitivity
 
 import (
-	"cmp"
 	"fmt"
 	"image/color"
 	"io"
-	"slices"
+	"math"
 	"text/tabwriter"
 
 	"gonum.org/v1/plot"
@@ -50,7 +49,7 @@ type Summary struct {
 // Summarize computes the Summary of scores (one []float32 per initializer name) for
 // the top fraction top (e.g. 0.004) of all block entries.
 func Summarize(v *surgery.ViT, scores map[string][]float32, top float64) (*Summary, error) {
-	var all []float32
+	var parts [][]float32 // every block entry's score, in pieces, for the threshold
 	layers := v.Linears()
 	entries := make([][]float32, len(layers))
 	for i, l := range layers {
@@ -62,7 +61,7 @@ func Summarize(v *surgery.ViT, scores map[string][]float32, top float64) (*Summa
 			return nil, fmt.Errorf("scores for %s: %d values, want %d", l.Name, len(w), l.In*l.TotalOut)
 		}
 		entries[i] = LayerEntries(l, w)
-		all = append(all, entries[i]...)
+		parts = append(parts, entries[i])
 	}
 	vecs := v.Vectors()
 	vecEntries := make([][]float32, len(vecs))
@@ -72,14 +71,18 @@ func Summarize(v *surgery.ViT, scores map[string][]float32, top float64) (*Summa
 			return nil, fmt.Errorf("no scores for %s (initializer %q)", vec.Name, vec.Init)
 		}
 		vecEntries[i] = s[vec.Offset : vec.Offset+vec.Size]
-		all = append(all, vecEntries[i]...)
+		parts = append(parts, vecEntries[i])
 	}
-	k := int(float64(len(all)) * top)
+	total := 0
+	for _, p := range parts {
+		total += len(p)
+	}
+	k := int(float64(total) * top)
 	if k < 1 {
 		k = 1
 	}
-	threshold := kthLargest(all, k)
-	sum := &Summary{Top: top, Of: len(all)}
+	threshold := kthLargest(parts, k)
+	sum := &Summary{Top: top, Of: total}
 	for _, kd := range surgery.BlockKinds {
 		sum.Kinds = append(sum.Kinds, string(kd))
 	}
@@ -124,11 +127,40 @@ func Summarize(v *surgery.ViT, scores map[string][]float32, top float64) (*Summa
 	return sum, nil
 }
 
-// kthLargest returns the k-th largest value of xs (1-based) without changing xs.
-func kthLargest(xs []float32, k int) float32 {
-	c := slices.Clone(xs)
-	slices.SortFunc(c, func(a, b float32) int { return cmp.Compare(b, a) })
-	return c[k-1]
+// kthLargest returns the k-th largest (1-based) of the values in parts, which are
+// squared gradients: non-negative, so their float32 bit patterns order as the values
+// do. Two counting passes over 16-bit halves of the bits find it in linear time
+// without copying or sorting (vit_b_16 has 85M entries).
+func kthLargest(parts [][]float32, k int) float32 {
+	var hist [1 << 16]int
+	for _, p := range parts {
+		for _, x := range p {
+			hist[math.Float32bits(x)>>16]++
+		}
+	}
+	hi := uint32(0)
+	for b := len(hist) - 1; b >= 0; b-- {
+		if k <= hist[b] {
+			hi = uint32(b)
+			break
+		}
+		k -= hist[b]
+	}
+	hist = [1 << 16]int{}
+	for _, p := range parts {
+		for _, x := range p {
+			if bits := math.Float32bits(x); bits>>16 == hi {
+				hist[bits&0xffff]++
+			}
+		}
+	}
+	for b := len(hist) - 1; b >= 0; b-- {
+		if k <= hist[b] {
+			return math.Float32frombits(hi<<16 | uint32(b))
+		}
+		k -= hist[b]
+	}
+	return 0
 }
 
 // Print writes the summary as a table: blocks down, layers across, in percent.

@@ -2,6 +2,9 @@ package sensitivity
 
 import (
 	"bytes"
+	"math"
+	"math/rand/v2"
+	"sort"
 	"os"
 	"path/filepath"
 	"strings"
@@ -99,5 +102,38 @@ func TestSummarizeFindsTheSensitiveLayer(t *testing.T) {
 	delete(scores, fc1.Weight)
 	if _, err := Summarize(v, scores, 0.5); err == nil || !strings.Contains(err.Error(), "blocks.1.fc1") {
 		t.Errorf("missing scores: error %v should name blocks.1.fc1", err)
+	}
+}
+
+func TestKthLargestMatchesSorting(t *testing.T) {
+	r := rand.New(rand.NewPCG(3, 4))
+	for trial := 0; trial < 50; trial++ {
+		var parts [][]float32
+		var all []float32
+		for p := 0; p < 1+r.IntN(4); p++ {
+			v := make([]float32, r.IntN(300))
+			for i := range v {
+				switch r.IntN(4) {
+				case 0:
+					v[i] = 0
+				case 1:
+					v[i] = float32(r.IntN(5)) // ties
+				default:
+					g := r.NormFloat64() * math.Pow(10, float64(r.IntN(12)-8))
+					v[i] = float32(g * g)
+				}
+			}
+			parts = append(parts, v)
+			all = append(all, v...)
+		}
+		if len(all) == 0 {
+			continue
+		}
+		sort.Slice(all, func(i, j int) bool { return all[i] > all[j] })
+		for _, k := range []int{1, 1 + r.IntN(len(all)), len(all)} {
+			if got := kthLargest(parts, k); got != all[k-1] {
+				t.Fatalf("trial %d: k=%d of %d: got %v, want %v", trial, k, len(all), got, all[k-1])
+			}
+		}
 	}
 }
