@@ -4,9 +4,9 @@ import (
 	"bytes"
 	"math"
 	"math/rand/v2"
-	"sort"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"testing"
 
