@@ -224,3 +224,6 @@ func sizeOf(t *ts.Tensor) ([]int64, error) {
 	}
 	return buf[:n], nil
 }
+
+// Floats32 copies a float32 tensor into Go memory (one memcpy for a contiguous one).
+func Floats32(t *ts.Tensor) ([]float32, error) { return copyFloats(t) }
