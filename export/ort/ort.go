@@ -335,14 +335,16 @@ func cloneInfo(v []IOInfo) []IOInfo {
 // returns every model output by name. Each input is checked against Inputs()
 // (element type, rank, fixed dimensions, data length) before ONNX Runtime sees it.
 func (s *Session) Run(inputs map[string]Tensor) (map[string]Tensor, error) {
-	out, err := s.run(inputs)
+	out, err := s.run(inputs, nil)
 	if err != nil {
 		return nil, fmt.Errorf("ort: %s: %w", s.name, err)
 	}
 	return out, nil
 }
 
-func (s *Session) run(inputs map[string]Tensor) (map[string]Tensor, error) {
+// run feeds inputs to the session and collects its outputs; opts (nil for none)
+// carries per-run settings such as active LoRA adapters.
+func (s *Session) run(inputs map[string]Tensor, opts *onnxruntime.RunOptions) (map[string]Tensor, error) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	if s.s == nil {
@@ -354,13 +356,7 @@ func (s *Session) run(inputs map[string]Tensor) (map[string]Tensor, error) {
 		}
 	}
 	values := make([]onnxruntime.Value, len(s.inputs))
-	defer func() {
-		for _, v := range values {
-			if v != nil {
-				v.Destroy()
-			}
-		}
-	}()
+	defer destroyAll(values)
 	for i, want := range s.inputs {
 		t, ok := inputs[want.Name]
 		if !ok {
@@ -373,30 +369,41 @@ func (s *Session) run(inputs map[string]Tensor) (map[string]Tensor, error) {
 		values[i] = v
 	}
 	outs := make([]onnxruntime.Value, len(s.outputs))
-	defer func() {
-		for _, v := range outs {
-			if v != nil {
-				v.Destroy()
-			}
-		}
-	}()
-	if err := s.s.Run(values, outs); err != nil {
+	defer destroyAll(outs)
+	var err error
+	if opts == nil {
+		err = s.s.Run(values, outs)
+	} else {
+		err = s.s.RunWithOptions(values, outs, opts)
+	}
+	if err != nil {
 		return nil, err
 	}
+	return s.collect(outs)
+}
+
+func destroyAll(vs []onnxruntime.Value) {
+	for _, v := range vs {
+		if v != nil {
+			v.Destroy()
+		}
+	}
+}
+
+// collect converts a run's outputs.
+func (s *Session) collect(outs []onnxruntime.Value) (map[string]Tensor, error) {
 	res := make(map[string]Tensor, len(outs))
 	for i, v := range outs {
 		name := s.outputs[i].Name
 		switch v := v.(type) {
 		case *onnxruntime.Tensor[float32]:
-			// GetData is a Go-owned copy of ORT's buffer; it outlives Destroy.
 			res[name] = Tensor{Shape: v.GetShape(), Data: v.GetData()}
 		case *onnxruntime.Tensor[int64]:
 			res[name] = Tensor{Shape: v.GetShape(), Int64: v.GetData()}
 		case nil:
 			return nil, fmt.Errorf("output %q: ONNX Runtime returned no value", name)
 		default:
-			return nil, fmt.Errorf("output %q has element type %s; only float32 and int64 are supported",
-				name, s.outputs[i].Type)
+			return nil, fmt.Errorf("output %q has element type %s; only float32 and int64 are supported", name, s.outputs[i].Type)
 		}
 	}
 	return res, nil
