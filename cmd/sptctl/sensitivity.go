@@ -6,7 +6,6 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/sptctl/sptctl/onnxio"
 	"github.com/sptctl/sptctl/sensitivity"
 	"github.com/sptctl/sptctl/surgery"
 	"github.com/sptctl/sptctl/train"
@@ -80,11 +79,9 @@ func runSensitivity(c *cli.Context) (*sensitivityReport, error) {
 	bar := newProgress(c.App.ErrWriter, "sensitivity")
 	opt := sensitivity.Options{Batches: c.Int("batches"), BatchSize: c.Int("batch-size"), Classes: classes,
 		HeadSeed: c.Int64("head-seed"), Seed: c.Int64("seed")}
-	base, err := onnxio.Load(path) // Compute replaces the head of the model it gets
-	if err != nil {
-		return nil, err
-	}
-	scores, info, err := sensitivity.Compute(ctx, w, base, split, pre, opt, func(done, total int) {
+	// Compute gives m a head for the task; the block weights, all that is written
+	// below, stay as they are.
+	scores, info, err := sensitivity.Compute(ctx, w, m, split, pre, opt, func(done, total int) {
 		bar.update(done, total, "batches")
 	})
 	if err != nil {
