@@ -144,28 +144,10 @@ func toPlanes(img image.Image) ([][]float32, bool) {
 		return [][]float32{g}, true
 	case *image.RGBA:
 		if isOpaque(m) {
-			r, g, bl := make([]float32, w*h), make([]float32, w*h), make([]float32, w*h)
-			for y := range h {
-				row := m.Pix[y*m.Stride : y*m.Stride+4*w]
-				for x := range w {
-					r[y*w+x] = float32(row[4*x]) / 255
-					g[y*w+x] = float32(row[4*x+1]) / 255
-					bl[y*w+x] = float32(row[4*x+2]) / 255
-				}
-			}
-			return [][]float32{r, g, bl}, false
+			return rgbPlanes(m.Pix, m.Stride, w, h), false
 		}
 	case *image.NRGBA:
-		r, g, bl := make([]float32, w*h), make([]float32, w*h), make([]float32, w*h)
-		for y := range h {
-			row := m.Pix[y*m.Stride : y*m.Stride+4*w]
-			for x := range w {
-				r[y*w+x] = float32(row[4*x]) / 255
-				g[y*w+x] = float32(row[4*x+1]) / 255
-				bl[y*w+x] = float32(row[4*x+2]) / 255
-			}
-		}
-		return [][]float32{r, g, bl}, false
+		return rgbPlanes(m.Pix, m.Stride, w, h), false
 	case *image.YCbCr:
 		r, g, bl := make([]float32, w*h), make([]float32, w*h), make([]float32, w*h)
 		for y := range h {
@@ -299,4 +281,18 @@ func resizePlane(src []float32, sw, sh, dw, dh int, rx, ry axisWeights, tmp, out
 			}
 		}
 	}
+}
+
+// rgbPlanes splits 8-bit RGBA pixels (alpha dropped) into R, G and B planes in [0, 1].
+func rgbPlanes(pix []uint8, stride, w, h int) [][]float32 {
+	r, g, bl := make([]float32, w*h), make([]float32, w*h), make([]float32, w*h)
+	for y := range h {
+		row := pix[y*stride : y*stride+4*w]
+		for x := range w {
+			r[y*w+x] = float32(row[4*x]) / 255
+			g[y*w+x] = float32(row[4*x+1]) / 255
+			bl[y*w+x] = float32(row[4*x+2]) / 255
+		}
+	}
+	return [][]float32{r, g, bl}
 }
