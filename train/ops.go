@@ -1077,17 +1077,23 @@ func opSize(c *nodeCtx) (kernel, error) {
 	}, nil
 }
 
+// squeezeAxes reads (Un)Squeeze's axes (an attribute before opset 13, the optional
+// second input from 13) and the data's shape.
+func squeezeAxes(c *nodeCtx, r *runCtx, in []value, attrAxes []int64) (axes, shape []int64, err error) {
+	axes = attrAxes
+	if c.opset >= 13 {
+		if axes, _, err = optInts(r, in, 1); err != nil {
+			return nil, nil, err
+		}
+	}
+	shape, err = r.Shape(in[0])
+	return axes, shape, err
+}
+
 func opUnsqueeze(c *nodeCtx) (kernel, error) {
 	attrAxes, _ := c.ints("axes")
 	return func(r *runCtx, in []value) ([]value, error) {
-		axes := attrAxes
-		if c.opset >= 13 {
-			var err error
-			if axes, _, err = optInts(r, in, 1); err != nil {
-				return nil, err
-			}
-		}
-		xs, err := r.Shape(in[0])
+		axes, xs, err := squeezeAxes(c, r, in, attrAxes)
 		if err != nil {
 			return nil, err
 		}
@@ -1126,14 +1132,7 @@ func opUnsqueeze(c *nodeCtx) (kernel, error) {
 func opSqueeze(c *nodeCtx) (kernel, error) {
 	attrAxes, _ := c.ints("axes")
 	return func(r *runCtx, in []value) ([]value, error) {
-		axes := attrAxes
-		if c.opset >= 13 {
-			var err error
-			if axes, _, err = optInts(r, in, 1); err != nil {
-				return nil, err
-			}
-		}
-		xs, err := r.Shape(in[0])
+		axes, xs, err := squeezeAxes(c, r, in, attrAxes)
 		if err != nil {
 			return nil, err
 		}
