@@ -36,22 +36,9 @@ func handPlan(t testing.TB, f fixture.Model, adapters bool, classes int) *inject
 	if adapters {
 		modes = []string{inject.ModeLoRA, inject.ModeAdapter, inject.ModeSparse, inject.ModeAdapter, inject.ModeLoRA, inject.ModeSparse, inject.ModeAdapter}
 	}
-	for i, l := range f.V.Linears() {
-		lp := injected.Layer(l, modes[i%len(modes)], 4)
-		if lp.Mode == inject.ModeSparse || l.Block == 0 {
-			injected.AddSparse(&lp, l, 9, rng)
-		}
-		p.Layers = append(p.Layers, lp)
-	}
-	for j, vec := range f.V.Vectors() {
-		switch j % 3 {
-		case 0:
-			p.Vectors = append(p.Vectors, injected.Vector(vec, inject.ModeFull, 0, rng))
-		case 1:
-			p.Vectors = append(p.Vectors, injected.Vector(vec, inject.ModeSparse, 4, rng))
-		}
-	}
-	p.Recount()
+	injected.Cycle(p, f.V, modes, func(lp inject.LayerPlan, l *surgery.Linear) bool {
+		return lp.Mode == inject.ModeSparse || l.Block == 0
+	}, rng)
 	return p
 }
 

@@ -34,22 +34,9 @@ func mixedPlan(t *testing.T, f fixture.Model) *inject.Plan {
 	}
 	rng := rand.New(rand.NewPCG(9, 9))
 	modes := []string{inject.ModeLoRA, inject.ModeSparse, inject.ModeAdapter, inject.ModeSparse, inject.ModeAdapter, inject.ModeLoRA, inject.ModeSparse}
-	for i, l := range f.V.Linears() {
-		lp := injected.Layer(l, modes[i%len(modes)], 4)
-		if lp.Mode == inject.ModeSparse || (lp.Mode == inject.ModeLoRA && l.Block == 0) { // LoRA + extra sparse entries too
-			injected.AddSparse(&lp, l, 9, rng)
-		}
-		p.Layers = append(p.Layers, lp)
-	}
-	for j, vec := range f.V.Vectors() {
-		switch j % 3 {
-		case 0:
-			p.Vectors = append(p.Vectors, injected.Vector(vec, inject.ModeFull, 0, rng))
-		case 1:
-			p.Vectors = append(p.Vectors, injected.Vector(vec, inject.ModeSparse, 4, rng))
-		}
-	}
-	p.Recount()
+	injected.Cycle(p, f.V, modes, func(lp inject.LayerPlan, l *surgery.Linear) bool {
+		return lp.Mode == inject.ModeSparse || (lp.Mode == inject.ModeLoRA && l.Block == 0) // LoRA + extra sparse entries too
+	}, rng)
 	return p
 }
 
