@@ -137,13 +137,22 @@ func writeExternal(dir string, m *onnxpb.ModelProto, opt SaveOptions) (restore f
 }
 
 // resolveExternal reads every external initializer of m from its side file in dir.
+// A location must name a regular file inside dir once every symbolic link on the way is
+// followed (dir's own included), so no link can bring a file from elsewhere into the
+// model; the declared size is checked against the file's size before anything is
+// allocated.
 func resolveExternal(m *onnxpb.ModelProto, dir string) error {
-	files := map[string]*os.File{}
+	type sideFile struct {
+		f    *os.File
+		size int64
+	}
+	files := map[string]sideFile{}
 	defer func() {
 		for _, f := range files {
-			f.Close()
+			f.f.Close()
 		}
 	}()
+	var root string // dir with its links followed, made absolute (once, when needed)
 	for _, t := range m.GetGraph().GetInitializer() {
 		if t.GetDataLocation() != onnxpb.TensorProto_EXTERNAL {
 			continue
@@ -159,6 +168,9 @@ func resolveExternal(m *onnxpb.ModelProto, dir string) error {
 				off, err = strconv.ParseInt(kv.GetValue(), 10, 64)
 			case "length":
 				length, err = strconv.ParseInt(kv.GetValue(), 10, 64)
+				if err == nil && length < 0 {
+					err = errors.New("negative")
+				}
 			}
 			if err != nil || off < 0 {
 				return fmt.Errorf("initializer %q: bad external data %s %q", t.GetName(), kv.GetKey(), kv.GetValue())
@@ -168,34 +180,78 @@ func resolveExternal(m *onnxpb.ModelProto, dir string) error {
 		if loc == "" || filepath.IsAbs(clean) || clean == ".." || strings.HasPrefix(clean, ".."+string(filepath.Separator)) {
 			return fmt.Errorf("initializer %q: external data location %q is not a file inside the model's folder", t.GetName(), loc)
 		}
-		want := NumElements(t.Dims) * int64(ElemSize(t.GetDataType()))
+		want, err := ByteSize(t.Dims, t.GetDataType())
+		if err != nil {
+			return fmt.Errorf("initializer %q: external data: %w", t.GetName(), err)
+		}
 		if length < 0 {
 			length = want
 		}
 		if length != want {
 			return fmt.Errorf("initializer %q: external data length %d, but shape %v needs %d bytes", t.GetName(), length, t.Dims, want)
 		}
-		f, ok := files[clean]
+		sf, ok := files[clean]
 		if !ok {
-			var err error
-			f, err = os.Open(filepath.Join(dir, clean))
-			if err != nil {
-				return fmt.Errorf("initializer %q: external data file %s: %w", t.GetName(), filepath.Join(dir, clean), errors.Unwrap(err))
+			if root == "" {
+				if root, err = realPath(dir); err != nil {
+					return fmt.Errorf("model folder %s: %w", dir, err)
+				}
 			}
-			files[clean] = f
+			name := filepath.Join(dir, clean)
+			real, err := realPath(name)
+			if err != nil {
+				return fmt.Errorf("initializer %q: external data file %s: %w", t.GetName(), name, err)
+			}
+			if rel, err := filepath.Rel(root, real); err != nil || rel == ".." || strings.HasPrefix(rel, ".."+string(filepath.Separator)) {
+				return fmt.Errorf("initializer %q: external data file %s leads to %s, outside the model's folder (through a symbolic link)", t.GetName(), name, real)
+			}
+			// Stat before opening: opening a FIFO would block until someone writes.
+			if st, err := os.Stat(real); err == nil && !st.Mode().IsRegular() {
+				return fmt.Errorf("initializer %q: external data file %s is not a regular file", t.GetName(), name)
+			}
+			f, err := os.Open(real)
+			if err != nil {
+				return fmt.Errorf("initializer %q: external data file %s: %w", t.GetName(), name, errors.Unwrap(err))
+			}
+			st, err := f.Stat()
+			if err != nil || !st.Mode().IsRegular() {
+				f.Close()
+				return fmt.Errorf("initializer %q: external data file %s is not a regular file", t.GetName(), name)
+			}
+			sf = sideFile{f, st.Size()}
+			files[clean] = sf
+		}
+		if off > sf.size || length > sf.size-off {
+			return fmt.Errorf("initializer %q: external data file %s is too short (%d bytes; needs bytes %d..%d)", t.GetName(), filepath.Join(dir, clean), sf.size, off, uint64(off)+uint64(length))
 		}
 		buf := make([]byte, length)
-		if _, err := f.ReadAt(buf, off); err != nil {
+		if _, err := sf.f.ReadAt(buf, off); err != nil {
 			if errors.Is(err, io.EOF) {
-				return fmt.Errorf("initializer %q: external data file %s is too short (needs bytes %d..%d)", t.GetName(), f.Name(), off, off+length)
+				return fmt.Errorf("initializer %q: external data file %s is too short (needs bytes %d..%d)", t.GetName(), filepath.Join(dir, clean), off, off+length)
 			}
-			return fmt.Errorf("initializer %q: read %s: %w", t.GetName(), f.Name(), err)
+			return fmt.Errorf("initializer %q: read %s: %w", t.GetName(), filepath.Join(dir, clean), err)
 		}
 		t.RawData = buf
 		t.DataLocation = nil
 		t.ExternalData = nil
 	}
 	return nil
+}
+
+// realPath is path made absolute with every symbolic link in it followed.
+func realPath(path string) (string, error) {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return "", err
+	}
+	real, err := filepath.EvalSymlinks(abs)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return "", errors.New("no such file or directory")
+		}
+		return "", errors.Unwrap(err)
+	}
+	return real, nil
 }
 
 // WriteFileAtomic writes a file by calling write on a temporary file in the same

@@ -38,16 +38,50 @@ func ElemSize(dataType int32) int {
 	return 0
 }
 
-// NumElements is the product of dims (1 for a scalar), or -1 if a dim is negative.
+// NumElements is the product of dims (1 for a scalar), or -1 if a dim is negative or
+// the product does not fit in an int64 (a file may declare any dims; callers compare
+// the count with what they hold, so -1 never matches).
 func NumElements(dims []int64) int64 {
 	n := int64(1)
 	for _, d := range dims {
 		if d < 0 {
 			return -1
 		}
+		if d != 0 && n > math.MaxInt64/d {
+			// Keep scanning: a later zero dim makes the product 0 after all.
+			for _, e := range dims {
+				if e == 0 {
+					return 0
+				}
+			}
+			return -1
+		}
 		n *= d
 	}
 	return n
+}
+
+// ByteSize is the number of bytes a tensor of the given dims and data type holds, or an
+// error naming the shape when a dim is negative, the type has no fixed size, or the size
+// does not fit in an int64.
+func ByteSize(dims []int64, dataType int32) (int64, error) {
+	n := NumElements(dims)
+	if n < 0 {
+		for _, d := range dims {
+			if d < 0 {
+				return 0, fmt.Errorf("negative dimension in shape %v", dims)
+			}
+		}
+		return 0, fmt.Errorf("shape %v has more elements than an int64 can count", dims)
+	}
+	es := int64(ElemSize(dataType))
+	if es == 0 {
+		return 0, fmt.Errorf("data type %s has no fixed element size", onnxpb.TensorProto_DataType(dataType))
+	}
+	if n > math.MaxInt64/es {
+		return 0, fmt.Errorf("shape %v of %s is more bytes than an int64 can count", dims, onnxpb.TensorProto_DataType(dataType))
+	}
+	return n * es, nil
 }
 
 // typedLen is the number of elements a tensor holds in its typed (non-raw) field.
@@ -73,19 +107,24 @@ func typedLen(t *onnxpb.TensorProto) int {
 func CheckTensor(t *onnxpb.TensorProto) error {
 	n := NumElements(t.Dims)
 	if n < 0 {
-		return fmt.Errorf("initializer %q: negative dimension in shape %v", t.GetName(), t.Dims)
+		if _, err := ByteSize(t.Dims, Float); err != nil {
+			return fmt.Errorf("initializer %q: %w", t.GetName(), err)
+		}
 	}
 	if t.GetDataLocation() == onnxpb.TensorProto_EXTERNAL {
 		return fmt.Errorf("initializer %q: external data not resolved", t.GetName())
 	}
 	if t.RawData != nil {
-		es := ElemSize(t.GetDataType())
-		if es == 0 {
+		if ElemSize(t.GetDataType()) == 0 {
 			return fmt.Errorf("initializer %q: raw data of unsupported type %d", t.GetName(), t.GetDataType())
 		}
-		if int64(len(t.RawData)) != n*int64(es) {
+		want, err := ByteSize(t.Dims, t.GetDataType())
+		if err != nil {
+			return fmt.Errorf("initializer %q: %w", t.GetName(), err)
+		}
+		if int64(len(t.RawData)) != want {
 			return fmt.Errorf("initializer %q: %d bytes of data, but shape %v of %s needs %d",
-				t.GetName(), len(t.RawData), t.Dims, onnxpb.TensorProto_DataType(t.GetDataType()), n*int64(es))
+				t.GetName(), len(t.RawData), t.Dims, onnxpb.TensorProto_DataType(t.GetDataType()), want)
 		}
 		return nil
 	}
