@@ -216,3 +216,68 @@ func TestReadCorrupt(t *testing.T) {
 		t.Errorf("Decode: %v", err)
 	}
 }
+
+// rawNpy is a version 1.0 .npy file with the given header dict and n data bytes.
+func rawNpy(dict string, n int) []byte {
+	h := dict + strings.Repeat(" ", (64-(10+len(dict)+1)%64)%64) + "\n"
+	b := append([]byte("\x93NUMPY\x01\x00"), byte(len(h)), byte(len(h)>>8))
+	return append(append(b, h...), make([]byte, n)...)
+}
+
+// Sizes in a header are checked before anything is allocated: overflowing shapes and
+// shapes larger than the file are refused, from a file and from a stream.
+func TestReadHugeShapes(t *testing.T) {
+	dir := t.TempDir()
+	for name, dict := range map[string]string{
+		"overflow":    "{'descr': '<f4', 'fortran_order': False, 'shape': (4611686018427388000,), }",
+		"wraps to 0":  "{'descr': '<i8', 'fortran_order': False, 'shape': (4294967296, 4294967296), }",
+		"over limit":  "{'descr': '<f4', 'fortran_order': False, 'shape': (1048576, 1048576), }",
+		"beyond file": "{'descr': '<f4', 'fortran_order': False, 'shape': (1024, 1024), }",
+	} {
+		b := rawNpy(dict, 16)
+		p := filepath.Join(dir, "a.npy")
+		if err := os.WriteFile(p, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := Read(p); err == nil || !strings.Contains(err.Error(), p) {
+			t.Errorf("%s: Read error %v should name the file", name, err)
+		}
+		if _, err := Decode(bytes.NewReader(b)); err == nil {
+			t.Errorf("%s: Decode accepted it", name)
+		}
+	}
+}
+
+// FuzzDecode feeds arbitrary bytes to Decode: it must not panic, and an array it
+// accepts must encode and decode back the same. testdata/fuzz/FuzzDecode holds seeds.
+func FuzzDecode(f *testing.F) {
+	var buf bytes.Buffer
+	Encode(&buf, &Array{Shape: []int64{2, 3}, Float32: []float32{1, 2, 3, 4, 5, 6}})
+	f.Add(buf.Bytes())
+	f.Add(rawNpy("{'descr': '<i8', 'fortran_order': False, 'shape': (), }", 8))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		a, err := Decode(bytes.NewReader(b))
+		if err != nil {
+			return
+		}
+		var out bytes.Buffer
+		if err := Encode(&out, a); err != nil {
+			t.Fatalf("decoded array does not encode: %v", err)
+		}
+		back, err := Decode(&out)
+		if err != nil {
+			t.Fatalf("encoded array does not decode: %v", err)
+		}
+		if !reflect.DeepEqual(a.Shape, back.Shape) || len(a.Float32) != len(back.Float32) || len(a.Int64) != len(back.Int64) || a.Dtype() != back.Dtype() {
+			t.Fatalf("round trip changed %v %s to %v %s", a.Shape, a.Dtype(), back.Shape, back.Dtype())
+		}
+		for i := range a.Float32 {
+			if math.Float32bits(a.Float32[i]) != math.Float32bits(back.Float32[i]) {
+				t.Fatalf("value %d changed", i)
+			}
+		}
+		if !reflect.DeepEqual(a.Int64, back.Int64) {
+			t.Fatal("int64 values changed")
+		}
+	})
+}

@@ -95,14 +95,30 @@ func Write(path string, f *File) error {
 	return nil
 }
 
+// MaxHeader is the largest JSON header Decode accepts (100 MB, the limit the format's
+// reference implementation sets), so a corrupt length cannot make it parse without end.
+const MaxHeader = 100 << 20
+
 // Read loads a safetensors file of F32 tensors.
 func Read(path string) (*File, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err
 	}
+	f, err := Decode(b)
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", path, err)
+	}
+	return f, nil
+}
+
+// Decode parses a safetensors file's bytes. Every size is checked before it is used:
+// the header length against the file and MaxHeader, each shape's byte count for
+// overflow and against its byte range, each range against the data that follows the
+// header; no two tensors' ranges may overlap.
+func Decode(b []byte) (*File, error) {
 	fail := func(format string, a ...any) (*File, error) {
-		return nil, fmt.Errorf("read %s: %s", path, fmt.Sprintf(format, a...))
+		return nil, fmt.Errorf(format, a...)
 	}
 	if len(b) < 8 {
 		return fail("too short for a safetensors file")
@@ -111,12 +127,20 @@ func Read(path string) (*File, error) {
 	if hl > uint64(len(b)-8) {
 		return fail("header length %d past the end of the file (%d bytes)", hl, len(b))
 	}
+	if hl > MaxHeader {
+		return fail("header length %d is over the %d-byte limit", hl, MaxHeader)
+	}
 	var raw map[string]json.RawMessage
 	if err := json.Unmarshal(b[8:8+hl], &raw); err != nil {
 		return fail("header is not JSON: %v", err)
 	}
 	data := b[8+hl:]
 	f := &File{Tensors: map[string]Tensor{}, Metadata: map[string]string{}}
+	type span struct {
+		name       string
+		begin, end int64
+	}
+	var spans []span
 	for name, msg := range raw {
 		if name == "__metadata__" {
 			if err := json.Unmarshal(msg, &f.Metadata); err != nil {
@@ -131,15 +155,43 @@ func Read(path string) (*File, error) {
 		if e.Dtype != "F32" {
 			return fail("tensor %q has dtype %s; sptctl reads F32 only", name, e.Dtype)
 		}
-		n := onnxio.NumElements(e.Shape)
-		if e.Offsets[0] < 0 || e.Offsets[1] > int64(len(data)) || e.Offsets[1]-e.Offsets[0] != 4*n {
-			return fail("tensor %q: byte range %v does not fit shape %v in %d data bytes", name, e.Offsets, e.Shape, len(data))
+		size, err := onnxio.ByteSize(e.Shape, onnxio.Float)
+		if err != nil {
+			return fail("tensor %q: %v", name, err)
 		}
-		v := make([]float32, n)
+		lo, hi := e.Offsets[0], e.Offsets[1]
+		if lo < 0 || hi < lo || hi > int64(len(data)) {
+			return fail("tensor %q: byte range %v is not within the %d data bytes", name, e.Offsets, len(data))
+		}
+		if hi-lo != size {
+			return fail("tensor %q: byte range %v holds %d bytes, shape %v of F32 needs %d", name, e.Offsets, hi-lo, e.Shape, size)
+		}
+		spans = append(spans, span{name, lo, hi})
+		v := make([]float32, size/4)
 		for i := range v {
-			v[i] = math.Float32frombits(binary.LittleEndian.Uint32(data[e.Offsets[0]+4*int64(i):]))
+			v[i] = math.Float32frombits(binary.LittleEndian.Uint32(data[lo+4*int64(i):]))
 		}
-		f.Tensors[name] = Tensor{Shape: e.Shape, Data: v}
+		shape := e.Shape
+		if shape == nil {
+			shape = []int64{}
+		}
+		f.Tensors[name] = Tensor{Shape: shape, Data: v}
+	}
+	sort.Slice(spans, func(i, j int) bool {
+		if spans[i].begin != spans[j].begin {
+			return spans[i].begin < spans[j].begin
+		}
+		return spans[i].name < spans[j].name
+	})
+	for i := 1; i < len(spans); i++ {
+		a, b := spans[i-1], spans[i]
+		if b.begin < a.end {
+			x, y := a.name, b.name
+			if x > y {
+				x, y = y, x
+			}
+			return fail("tensors %q and %q overlap (byte ranges [%d %d] and [%d %d])", x, y, a.begin, a.end, b.begin, b.end)
+		}
 	}
 	return f, nil
 }

@@ -1,9 +1,12 @@
 package safetensors
 
 import (
+	"encoding/binary"
+	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -58,4 +61,88 @@ func TestBadFiles(t *testing.T) {
 			t.Errorf("%s: error %v should name the file", name, err)
 		}
 	}
+}
+
+// header builds a safetensors file from a JSON header and n data bytes.
+func header(h string, n int) []byte {
+	b := binary.LittleEndian.AppendUint64(nil, uint64(len(h)))
+	return append(append(b, h...), make([]byte, n)...)
+}
+
+func TestDecodeRefusesBadSizes(t *testing.T) {
+	for _, c := range []struct {
+		name, header string
+		data         int
+		want         string
+	}{
+		{"overflowing shape", `{"w":{"dtype":"F32","shape":[4611686018427388000],"data_offsets":[0,384]}}`, 384, "int64"},
+		{"element count wraps to zero", `{"w":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,0]}}`, 0, "int64"},
+		{"negative dim", `{"w":{"dtype":"F32","shape":[-4],"data_offsets":[0,16]}}`, 16, "negative"},
+		{"range past the data", `{"w":{"dtype":"F32","shape":[4],"data_offsets":[8,24]}}`, 16, "not within"},
+		{"range reversed", `{"w":{"dtype":"F32","shape":[0],"data_offsets":[16,0]}}`, 16, "not within"},
+		{"negative offset", `{"w":{"dtype":"F32","shape":[4],"data_offsets":[-16,0]}}`, 16, "not within"},
+		{"range too small for the shape", `{"w":{"dtype":"F32","shape":[4],"data_offsets":[0,8]}}`, 16, "needs 16"},
+		{"offsets overlap", `{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]},"b":{"dtype":"F32","shape":[2],"data_offsets":[8,16]}}`, 16, `"a" and "b" overlap`},
+		{"same range twice", `{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]},"b":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}`, 16, "overlap"},
+		{"other dtype", `{"w":{"dtype":"F64","shape":[2],"data_offsets":[0,16]}}`, 16, "F32 only"},
+	} {
+		_, err := Decode(header(c.header, c.data))
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: error %v, want one saying %q", c.name, err, c.want)
+		}
+	}
+	// A header length over the limit is refused before it is parsed.
+	b := binary.LittleEndian.AppendUint64(nil, MaxHeader+8)
+	b = append(b, make([]byte, MaxHeader+8)...)
+	if _, err := Decode(b); err == nil || !strings.Contains(err.Error(), "limit") {
+		t.Errorf("header over the limit: %v", err)
+	}
+	// Adjacent ranges and empty tensors are fine.
+	f, err := Decode(header(`{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[8,16]},"e":{"dtype":"F32","shape":[0],"data_offsets":[16,16]}}`, 16))
+	if err != nil || len(f.Tensors) != 3 {
+		t.Errorf("adjacent ranges: %v", err)
+	}
+}
+
+// FuzzDecode feeds arbitrary bytes to Decode: it must not panic or allocate more than
+// the input justifies, and whatever it accepts must write and read back the same.
+// testdata/fuzz/FuzzDecode holds a few small files as seeds.
+func FuzzDecode(f *testing.F) {
+	f.Add(header(`{"w":{"dtype":"F32","shape":[2,2],"data_offsets":[0,16]},"__metadata__":{"format":"x"}}`, 16))
+	f.Add(header(`{}`, 0))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		got, err := Decode(b)
+		if err != nil {
+			return
+		}
+		var n int
+		for _, x := range got.Tensors {
+			n += 4 * len(x.Data)
+		}
+		if n > len(b) {
+			t.Fatalf("decoded %d data bytes from a %d-byte input", n, len(b))
+		}
+		p := filepath.Join(t.TempDir(), "s.safetensors")
+		if err := Write(p, got); err != nil {
+			t.Fatalf("decoded file does not write: %v", err)
+		}
+		again, err := Read(p)
+		if err != nil {
+			t.Fatalf("written file does not read: %v", err)
+		}
+		if len(again.Tensors) != len(got.Tensors) {
+			t.Fatalf("%d tensors read back, want %d", len(again.Tensors), len(got.Tensors))
+		}
+		for name, x := range got.Tensors {
+			y := again.Tensors[name]
+			if !slices.Equal(x.Shape, y.Shape) || len(x.Data) != len(y.Data) {
+				t.Fatalf("tensor %q read back as %v, want %v", name, y.Shape, x.Shape)
+			}
+			for i := range x.Data {
+				if math.Float32bits(x.Data[i]) != math.Float32bits(y.Data[i]) {
+					t.Fatalf("tensor %q value %d changed", name, i)
+				}
+			}
+		}
+	})
 }
