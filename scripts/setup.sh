@@ -154,7 +154,7 @@ step_onnxruntime() {
 # libtorch links libblas.so.3, liblapack.so.3 and libopenblas.so.0 through Debian's
 # alternatives. Debian prefers the pthread build of OpenBLAS when both are installed;
 # sptctl wants the OpenMP one (libopenblas0-openmp): libtorch itself runs on OpenMP,
-# so at::set_num_threads (train.SetNumThreads) then governs BLAS as well, instead of
+# so at::set_num_threads (torch.SetNumThreads) then governs BLAS as well, instead of
 # OpenBLAS starting its own pool of threads beside libtorch's.
 BLAS_FLAVOUR=openblas-openmp
 blas_target() { readlink -f "/usr/lib/$ARCH_TRIPLET/$1" 2>/dev/null || true; }

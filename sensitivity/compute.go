@@ -6,14 +6,13 @@ import (
 	"fmt"
 
 	"github.com/sptctl/sptctl/data"
+	"github.com/sptctl/sptctl/engine"
 	"github.com/sptctl/sptctl/inject"
 	"github.com/sptctl/sptctl/internal/meta"
 	"github.com/sptctl/sptctl/onnxio"
 	"github.com/sptctl/sptctl/onnxio/onnxpb"
 	"github.com/sptctl/sptctl/surgery"
 	"github.com/sptctl/sptctl/train"
-
-	"github.com/sugarme/gotch/ts"
 )
 
 // Options control Compute.
@@ -30,10 +29,10 @@ type Options struct {
 // with a fresh, seeded head for the task's classes (a zero or foreign head would make
 // every gradient zero or meaningless), the model in train mode, it accumulates the
 // squared gradient of the cross-entropy loss over the first Batches batches of split.
-// Patch and position embeddings, the class token and the head are not scored. m is
-// changed (its head replaced); load it anew to use the base model afterwards.
-// progress, if not nil, is called after each batch.
-func Compute(ctx context.Context, w *train.Worker, m *onnxpb.ModelProto, split *data.Split, pre meta.Preprocess, opt Options, progress func(done, total int)) (Scores, Info, error) {
+// Patch and position embeddings, the class token and the head are not scored. m is not
+// changed: the head goes into a copy that only the scoring graph uses. progress, if
+// not nil, is called after each batch.
+func Compute(ctx context.Context, e engine.Engine, m *onnxpb.ModelProto, split *data.Split, pre meta.Preprocess, opt Options, progress func(done, total int)) (Scores, Info, error) {
 	if opt.Batches <= 0 || opt.BatchSize <= 0 {
 		return nil, Info{}, fmt.Errorf("sensitivity: batches and batch size must be positive (got %d, %d)", opt.Batches, opt.BatchSize)
 	}
@@ -44,113 +43,33 @@ func Compute(ctx context.Context, w *train.Worker, m *onnxpb.ModelProto, split *
 	if err != nil {
 		return nil, Info{}, err
 	}
-	g := surgery.New(m)
-	v, err := surgery.FindViT(g)
+	scoring, targets, err := scoringModel(m, opt)
 	if err != nil {
 		return nil, Info{}, err
 	}
-	targets := scoredInitializers(v)
-	// A head for the task (the plan of the "linear" strategy: the head alone).
-	plan, err := inject.Allocate(v, g, nil, inject.Options{Strategy: inject.Linear, Type: inject.LoRA, Rank: 1, Alpha: 1, Beta: 1, Classes: opt.Classes, HeadSeed: opt.HeadSeed})
-	if err != nil {
-		return nil, Info{}, fmt.Errorf("sensitivity: %w", err)
-	}
-	if err := inject.Apply(m, plan, inject.ApplyOptions{}); err != nil {
-		return nil, Info{}, fmt.Errorf("sensitivity: new head: %w", err)
-	}
-	var prog *train.Program
-	if err := w.Do(func() error {
+	var prog engine.Program
+	if err := e.Do(func() error {
 		var err error
-		prog, err = train.Compile(m, train.Options{Trainable: targets})
+		prog, err = e.Compile(scoring, engine.Options{Trainable: targets})
 		return err
 	}); err != nil {
 		return nil, Info{}, fmt.Errorf("sensitivity: %w", err)
 	}
-	defer w.Do(func() error { prog.Close(); return nil })
+	scoring = nil // compiled: the executor holds the weights now
+	defer e.Do(func() error { prog.Close(); return nil })
 
-	loader := data.NewLoader(split, pre, opt.BatchSize, true, opt.Seed, opt.Workers)
-	batches := min(opt.Batches, loader.NumBatches())
-	it := loader.Epoch(ctx, 0, 0)
-	defer it.Close()
-	// Σ grad² accumulates in libtorch tensors, copied out once at the end (copying
-	// every gradient to Go each batch doubled the memory on vit_b_16).
-	acc := map[string]*ts.Tensor{}
-	defer w.Do(func() error {
-		for _, t := range acc {
-			t.Drop()
-		}
-		return nil
-	})
 	info := Info{Fingerprint: fp, Classes: opt.Classes, HeadSeed: opt.HeadSeed, BatchSize: opt.BatchSize}
-	for b := 0; b < batches; b++ {
-		batch, ok, err := it.Next()
-		if err != nil {
-			return nil, Info{}, err
-		}
-		if !ok {
-			break
-		}
-		if err := checkLabels(batch.Labels, opt.Classes, split, batch.Index); err != nil {
-			return nil, Info{}, err
-		}
-		err = w.Do(func() error {
-			if err := prog.ZeroGrad(); err != nil {
-				return err
-			}
-			if _, err := prog.ForwardBackward(batch.Images, batch.Labels, batch.N); err != nil {
-				return err
-			}
-			for _, name := range targets {
-				g, err := prog.GradTensor(name)
-				if err != nil {
-					return err
-				}
-				if g == nil { // backward did not reach it: no contribution
-					continue
-				}
-				sq, err := g.Square(true)
-				if err != nil {
-					return fmt.Errorf("grad² of %q: %w", name, err)
-				}
-				if a := acc[name]; a == nil {
-					acc[name] = sq
-				} else {
-					err = a.Add_(sq)
-					sq.Drop()
-					if err != nil {
-						return fmt.Errorf("grad² of %q: %w", name, err)
-					}
-				}
-			}
-			return nil
-		})
-		if err != nil {
-			return nil, Info{}, fmt.Errorf("sensitivity: batch %d: %w", b+1, err)
-		}
-		info.Batches++
-		info.Examples += batch.N
-		if progress != nil {
-			progress(b+1, batches)
-		}
-		if ctx.Err() != nil {
-			return nil, Info{}, ctx.Err()
-		}
-	}
-	if info.Batches == 0 {
-		return nil, Info{}, errors.New("sensitivity: the split is empty")
+	if err := accumulate(ctx, e, prog, split, pre, opt, &info, progress); err != nil {
+		return nil, Info{}, err
 	}
 	scores := Scores{}
-	err = w.Do(func() error {
+	err = e.Do(func() error {
 		for _, name := range targets {
-			if a := acc[name]; a != nil {
-				v, err := train.Floats32(a)
-				if err != nil {
-					return fmt.Errorf("scores of %q: %w", name, err)
-				}
-				scores[name] = v
-			} else if shape, ok := prog.ParamShape(name); ok {
-				scores[name] = make([]float32, onnxio.NumElements(shape))
+			v, err := prog.GradSquareSum(name)
+			if err != nil {
+				return fmt.Errorf("scores of %q: %w", name, err)
 			}
+			scores[name] = v
 		}
 		return nil
 	})
@@ -158,6 +77,70 @@ func Compute(ctx context.Context, w *train.Worker, m *onnxpb.ModelProto, split *
 		return nil, Info{}, err
 	}
 	return scores, info, nil
+}
+
+// scoringModel returns the graph the gradients are taken on: a shallow copy of m
+// whose graph has m's nodes and initializers plus a fresh head for the task (the plan
+// of the "linear" strategy: the head alone). m's own graph is left as it was; the
+// copy shares m's unchanged initializers. It also returns the scored initializers.
+func scoringModel(m *onnxpb.ModelProto, opt Options) (*onnxpb.ModelProto, []string, error) {
+	c := surgery.ShallowCopy(m)
+	g := surgery.New(c)
+	v, err := surgery.FindViT(g)
+	if err != nil {
+		return nil, nil, err
+	}
+	targets := scoredInitializers(v)
+	plan, err := inject.Allocate(v, g, nil, inject.Options{Strategy: inject.Linear, Type: inject.LoRA, Rank: 1, Alpha: 1, Beta: 1, Classes: opt.Classes, HeadSeed: opt.HeadSeed})
+	if err != nil {
+		return nil, nil, fmt.Errorf("sensitivity: %w", err)
+	}
+	if err := inject.Apply(c, plan, inject.ApplyOptions{}); err != nil {
+		return nil, nil, fmt.Errorf("sensitivity: new head: %w", err)
+	}
+	return c, targets, nil
+}
+
+// accumulate adds Σ grad² over the first opt.Batches batches of split, in the
+// executor's memory.
+func accumulate(ctx context.Context, e engine.Engine, prog engine.Program, split *data.Split, pre meta.Preprocess, opt Options, info *Info, progress func(done, total int)) error {
+	loader := data.NewLoader(split, pre, opt.BatchSize, true, opt.Seed, opt.Workers)
+	batches := min(opt.Batches, loader.NumBatches())
+	it := loader.Epoch(ctx, 0, 0)
+	defer it.Close()
+	for b := 0; b < batches; b++ {
+		batch, ok, err := it.Next()
+		if err != nil {
+			return err
+		}
+		if !ok {
+			break
+		}
+		if err := checkLabels(batch.Labels, opt.Classes, split, batch.Index); err != nil {
+			return err
+		}
+		err = e.Do(func() error {
+			if _, err := train.Step(prog, batch.Images, batch.Labels, batch.N); err != nil {
+				return err
+			}
+			return prog.AddGradSquares()
+		})
+		if err != nil {
+			return fmt.Errorf("sensitivity: batch %d: %w", b+1, err)
+		}
+		info.Batches++
+		info.Examples += batch.N
+		if progress != nil {
+			progress(b+1, batches)
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+	}
+	if info.Batches == 0 {
+		return errors.New("sensitivity: the split is empty")
+	}
+	return nil
 }
 
 // scoredInitializers are the initializers holding the block weights and vectors.

@@ -11,13 +11,15 @@ import (
 	"strconv"
 	"testing"
 
+	"google.golang.org/protobuf/proto"
+
 	"github.com/sptctl/sptctl/data"
+	"github.com/sptctl/sptctl/engine/torch"
 	"github.com/sptctl/sptctl/inject"
 	"github.com/sptctl/sptctl/internal/fixture"
 	"github.com/sptctl/sptctl/internal/npy"
 	"github.com/sptctl/sptctl/onnxio"
 	"github.com/sptctl/sptctl/surgery"
-	"github.com/sptctl/sptctl/train"
 )
 
 // TestComputeMatchesPyTorch scores a fixture on real Fashion-MNIST batches and compares
@@ -34,7 +36,7 @@ func TestComputeMatchesPyTorch(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	w := train.NewWorker()
+	w := torch.NewWorker()
 	defer w.Close()
 	got, info, err := Compute(context.Background(), w, m, trainSplit, pre,
 		Options{Batches: batches, BatchSize: batchSize, Classes: classes, HeadSeed: headSeed, Seed: seed}, nil)
@@ -56,6 +58,9 @@ func TestComputeMatchesPyTorch(t *testing.T) {
 	}
 	it.Close()
 	base, _ := onnxio.Load("../testdata/" + fx + ".onnx")
+	if !proto.Equal(m, base) {
+		t.Error("Compute changed its input model")
+	}
 	v, _ := surgery.FindViT(surgery.New(base))
 	hw, hb := inject.HeadInit(v.Head.In, classes, headSeed)
 	npy.Write(filepath.Join(dir, "head_weight.npy"), &npy.Array{Shape: []int64{classes, int64(v.Head.In)}, Float32: hw})

@@ -11,9 +11,11 @@ package surgery
 
 import (
 	"fmt"
+	"slices"
 	"strconv"
 
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 
 	"github.com/sptctl/sptctl/onnxio/onnxpb"
 )
@@ -370,4 +372,32 @@ func IntsAttr(name string, v ...int64) *onnxpb.AttributeProto {
 // FloatAttr makes a FLOAT attribute.
 func FloatAttr(name string, v float32) *onnxpb.AttributeProto {
 	return &onnxpb.AttributeProto{Name: proto.String(name), Type: onnxpb.AttributeProto_FLOAT.Enum(), F: proto.Float32(v)}
+}
+
+// ShallowCopy returns a copy of m for rewriting that shares m's initializer tensors:
+// nodes, inputs, outputs, value_info and metadata are deep copies, the initializer list
+// is a new list of m's TensorProtos. Rewriting the copy's graph (adding, rewiring or
+// removing nodes and initializers) leaves m as it was; changing a shared tensor's
+// contents in place would not. m is only read.
+func ShallowCopy(m *onnxpb.ModelProto) *onnxpb.ModelProto {
+	g := m.GetGraph()
+	c := cloneExcept(m, "graph").(*onnxpb.ModelProto)
+	if g != nil {
+		c.Graph = cloneExcept(g, "initializer").(*onnxpb.GraphProto)
+		c.Graph.Initializer = slices.Clone(g.GetInitializer())
+	}
+	return c
+}
+
+// cloneExcept deep-copies msg without one of its fields (left unset in the copy).
+func cloneExcept(msg proto.Message, field protoreflect.Name) proto.Message {
+	src := msg.ProtoReflect()
+	shell := src.New()
+	src.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+		if fd.Name() != field {
+			shell.Set(fd, v) // shares v; the Clone below copies it
+		}
+		return true
+	})
+	return proto.Clone(shell.Interface())
 }

@@ -1,2 +1,4 @@
-// Package train runs ONNX graphs on libtorch tensors through gotch, with autograd; it holds the data sets and the training loop.
+// Package train is the trainer: one training step (Step, then AdamW.Apply), the
+// training loop with its schedule and checkpoints (Fit) and evaluation, all on a graph
+// compiled by an executor behind package engine's API. It is pure Go.
 package train

@@ -4,13 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
-	"strconv"
 	"time"
 
 	"github.com/sptctl/sptctl/data"
+	"github.com/sptctl/sptctl/engine"
 	"github.com/sptctl/sptctl/internal/meta"
-	"github.com/sptctl/sptctl/internal/safetensors"
 )
 
 // Config is a training run's settings.
@@ -56,169 +54,192 @@ type Result struct {
 var ErrInterrupted = errors.New("training interrupted")
 
 // Fit trains the Program's trainable initializers on the train split with AdamW and a
-// cosine schedule with linear warm-up, one optimizer step per batch. It runs torch work
-// on w. The data order is a function of (Seed, epoch) and dropout is re-seeded from
-// (Seed, step) before every step, so a run resumed from a checkpoint reaches the same
-// weights as one that was never interrupted.
-func Fit(ctx context.Context, w *Worker, p *Program, trainSplit, valSplit *data.Split, pre meta.Preprocess, cfg Config, report func(Event)) (*Result, error) {
+// cosine schedule with linear warm-up, one optimizer step per batch. It runs the
+// executor's work through e. The data order is a function of (Seed, epoch) and
+// dropout is re-seeded from (Seed, step) before every step, so a run resumed from a
+// checkpoint reaches the same weights as one that was never interrupted.
+func Fit(ctx context.Context, e engine.Engine, p engine.Program, trainSplit, valSplit *data.Split, pre meta.Preprocess, cfg Config, report func(Event)) (*Result, error) {
 	if cfg.Epochs <= 0 || cfg.BatchSize <= 0 {
 		return nil, fmt.Errorf("train: epochs and batch size must be positive (got %d, %d)", cfg.Epochs, cfg.BatchSize)
 	}
 	if trainSplit.Len() == 0 {
 		return nil, errors.New("train: the training split is empty")
 	}
-	loader := data.NewLoader(trainSplit, pre, cfg.BatchSize, true, cfg.Seed, cfg.Workers)
-	perEpoch := loader.NumBatches()
-	total := perEpoch * cfg.Epochs
-	warmup := perEpoch * cfg.WarmupEpochs
-	if warmup >= total {
-		warmup = total / 10
-	}
-	names := p.Trainable()
-	shapes := map[string][]int64{}
-	for _, n := range names {
-		s, _ := p.ParamShape(n)
-		shapes[n] = s
-	}
-	opt := NewAdamW(cfg.WeightDecay)
-	res := &Result{ValTop1: -1}
+	r := newFitRun(ctx, e, p, trainSplit, valSplit, pre, cfg, report)
 	startEpoch, startBatch := 0, 0
 	if cfg.Resume {
-		ck, err := readCheckpoint(cfg.Checkpoint, names, shapes)
-		if err != nil {
+		var err error
+		if startEpoch, startBatch, err = r.resume(); err != nil {
 			return nil, err
 		}
-		if ck.settings != cfg.fingerprint(perEpoch) {
-			return nil, fmt.Errorf("resume %s: the checkpoint was made with other settings (%s); resume with the same flags", cfg.Checkpoint, ck.settings)
-		}
-		if err := w.Do(func() error {
-			for n, v := range ck.params {
-				if err := p.SetFloats(n, v); err != nil {
-					return err
-				}
-			}
-			return nil
-		}); err != nil {
-			return nil, err
-		}
-		opt.M, opt.V, opt.Step = ck.m, ck.v, ck.step
-		startEpoch, startBatch = ck.epoch, ck.batch
-		res.Resumed = true
+		r.res.Resumed = true
 		if startEpoch >= cfg.Epochs {
-			res.Steps = opt.Step
-			return res, nil
+			r.res.Steps = r.opt.Step
+			return r.res, nil
 		}
 	}
 	start := time.Now()
-	save := func(epoch, batch int) error {
-		if cfg.Checkpoint == "" {
-			return nil
-		}
-		return writeCheckpoint(cfg.Checkpoint, w, p, opt, names, shapes, epoch, batch, cfg.fingerprint(perEpoch))
-	}
 	for epoch := startEpoch; epoch < cfg.Epochs; epoch++ {
 		first := 0
 		if epoch == startEpoch {
 			first = startBatch
 		}
-		it := loader.Epoch(ctx, epoch, first)
-		seen, correct := 0, 0
-		var lossSum, lr float64
-		epochStart := time.Now()
-		for b := first; ; b++ {
-			batch, ok, err := it.Next()
-			if err != nil {
-				it.Close()
-				if ctx.Err() != nil {
-					if err := save(epoch, b); err != nil {
-						return nil, err
-					}
-					return res, ErrInterrupted
-				}
-				return nil, err
+		if err := r.epoch(epoch, first); err != nil {
+			if errors.Is(err, ErrInterrupted) {
+				return r.res, err
 			}
-			if !ok {
-				break
-			}
-			lr = CosineLR(cfg.LR, cfg.MinLR, opt.Step, warmup, total)
-			var step *StepResult
-			err = w.Do(func() error {
-				if err := SetSeed(uint64(cfg.Seed)*1_000_003 + uint64(opt.Step)); err != nil {
-					return err
-				}
-				if err := p.ZeroGrad(); err != nil {
-					return err
-				}
-				var err error
-				if step, err = p.ForwardBackward(batch.Images, batch.Labels, batch.N); err != nil {
-					return err
-				}
-				opt.Begin()
-				for _, n := range names {
-					g, err := p.Grad(n)
-					if err != nil {
-						return err
-					}
-					v, err := p.Floats(n)
-					if err != nil {
-						return err
-					}
-					opt.Update(n, shapes[n], v, g, lr)
-					if err := p.SetFloats(n, v); err != nil {
-						return err
-					}
-				}
-				return nil
-			})
-			if err != nil {
-				it.Close()
-				return nil, fmt.Errorf("train: epoch %d batch %d: %w", epoch+1, b+1, err)
-			}
-			res.MicroBatched = res.MicroBatched || step.MicroBatched
-			seen += batch.N
-			correct += step.Correct
-			lossSum += step.Loss * float64(batch.N)
-			res.FinalLoss = step.Loss
-			if report != nil {
-				report(Event{Epoch: epoch + 1, Epochs: cfg.Epochs, Step: opt.Step, Steps: total, Batch: b + 1, Batches: perEpoch,
-					Loss: step.Loss, Accuracy: float64(correct) / float64(seen), LR: lr,
-					ImagesPerSecond: float64(seen) / time.Since(epochStart).Seconds()})
-			}
-			if ctx.Err() != nil { // finish the step, then stop
-				it.Close()
-				if err := save(epoch, b+1); err != nil {
-					return nil, err
-				}
-				return res, ErrInterrupted
-			}
-		}
-		it.Close()
-		if seen > 0 {
-			res.TrainTop1 = float64(correct) / float64(seen)
-		}
-		last := epoch == cfg.Epochs-1
-		if valSplit != nil && valSplit.Len() > 0 && (last || (cfg.ValEvery > 0 && (epoch+1)%cfg.ValEvery == 0)) {
-			acc, err := Evaluate(ctx, w, p, valSplit, pre, cfg.BatchSize, cfg.Workers)
-			if err != nil {
-				return nil, err
-			}
-			res.ValTop1 = acc
-			if report != nil {
-				report(Event{Epoch: epoch + 1, Epochs: cfg.Epochs, Step: opt.Step, Steps: total, Batch: perEpoch, Batches: perEpoch,
-					Loss: lossSum / float64(max(seen, 1)), Accuracy: res.TrainTop1, LR: lr, Val: &acc})
-			}
-		}
-		if err := save(epoch+1, 0); err != nil {
 			return nil, err
 		}
 	}
-	res.Steps = opt.Step
-	res.Seconds = time.Since(start).Seconds()
-	return res, nil
+	r.res.Steps = r.opt.Step
+	r.res.Seconds = time.Since(start).Seconds()
+	return r.res, nil
+}
+
+// fitRun is one Fit call's state.
+type fitRun struct {
+	ctx                     context.Context
+	e                       engine.Engine
+	p                       engine.Program
+	val                     *data.Split
+	pre                     meta.Preprocess
+	cfg                     Config
+	report                  func(Event)
+	loader                  *data.Loader
+	perEpoch, total, warmup int
+	names                   []string
+	shapes                  map[string][]int64
+	opt                     *AdamW
+	res                     *Result
+}
+
+func newFitRun(ctx context.Context, e engine.Engine, p engine.Program, trainSplit, valSplit *data.Split, pre meta.Preprocess, cfg Config, report func(Event)) *fitRun {
+	r := &fitRun{ctx: ctx, e: e, p: p, val: valSplit, pre: pre, cfg: cfg, report: report,
+		loader: data.NewLoader(trainSplit, pre, cfg.BatchSize, true, cfg.Seed, cfg.Workers),
+		names:  p.Trainable(), shapes: map[string][]int64{}, opt: NewAdamW(cfg.WeightDecay), res: &Result{ValTop1: -1}}
+	r.perEpoch = r.loader.NumBatches()
+	r.total = r.perEpoch * cfg.Epochs
+	r.warmup = r.perEpoch * cfg.WarmupEpochs
+	if r.warmup >= r.total {
+		r.warmup = r.total / 10
+	}
+	for _, n := range r.names {
+		s, _ := p.ParamShape(n)
+		r.shapes[n] = s
+	}
+	return r
+}
+
+// resume loads the checkpoint into the Program and the optimizer and returns where
+// the interrupted run stopped.
+func (r *fitRun) resume() (epoch, batch int, err error) {
+	cfg := r.cfg
+	ck, err := readCheckpoint(cfg.Checkpoint, r.names, r.shapes)
+	if err != nil {
+		return 0, 0, err
+	}
+	if ck.settings != cfg.fingerprint(r.perEpoch) {
+		return 0, 0, fmt.Errorf("resume %s: the checkpoint was made with other settings (%s); resume with the same flags", cfg.Checkpoint, ck.settings)
+	}
+	if err := r.e.Do(func() error {
+		for n, v := range ck.params {
+			if err := r.p.SetFloats(n, v); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		return 0, 0, err
+	}
+	r.opt.M, r.opt.V, r.opt.Step = ck.m, ck.v, ck.step
+	return ck.epoch, ck.batch, nil
+}
+
+func (r *fitRun) save(epoch, batch int) error {
+	if r.cfg.Checkpoint == "" {
+		return nil
+	}
+	return writeCheckpoint(r.cfg.Checkpoint, r.e, r.p, r.opt, r.names, r.shapes, epoch, batch, r.cfg.fingerprint(r.perEpoch))
+}
+
+// interrupted saves a checkpoint at (epoch, batch) and returns ErrInterrupted.
+func (r *fitRun) interrupted(epoch, batch int) error {
+	if err := r.save(epoch, batch); err != nil {
+		return err
+	}
+	return ErrInterrupted
+}
+
+// epoch trains one epoch from its batch first on, validates when due and saves a
+// checkpoint; it returns ErrInterrupted (checkpoint saved) when the context ends.
+func (r *fitRun) epoch(epoch, first int) error {
+	cfg, res := r.cfg, r.res
+	it := r.loader.Epoch(r.ctx, epoch, first)
+	defer it.Close()
+	seen, correct := 0, 0
+	var lossSum, lr float64
+	epochStart := time.Now()
+	for b := first; ; b++ {
+		batch, ok, err := it.Next()
+		if err != nil {
+			if r.ctx.Err() != nil {
+				return r.interrupted(epoch, b)
+			}
+			return err
+		}
+		if !ok {
+			break
+		}
+		lr = CosineLR(cfg.LR, cfg.MinLR, r.opt.Step, r.warmup, r.total)
+		var step *engine.StepResult
+		err = r.e.Do(func() error {
+			if err := r.e.SetSeed(dropoutSeed(cfg.Seed, r.opt.Step)); err != nil {
+				return err
+			}
+			var err error
+			if step, err = Step(r.p, batch.Images, batch.Labels, batch.N); err != nil {
+				return err
+			}
+			return r.opt.Apply(r.p, lr)
+		})
+		if err != nil {
+			return fmt.Errorf("train: epoch %d batch %d: %w", epoch+1, b+1, err)
+		}
+		res.MicroBatched = res.MicroBatched || step.MicroBatched
+		seen += batch.N
+		correct += step.Correct
+		lossSum += step.Loss * float64(batch.N)
+		res.FinalLoss = step.Loss
+		if r.report != nil {
+			r.report(Event{Epoch: epoch + 1, Epochs: cfg.Epochs, Step: r.opt.Step, Steps: r.total, Batch: b + 1, Batches: r.perEpoch,
+				Loss: step.Loss, Accuracy: float64(correct) / float64(seen), LR: lr,
+				ImagesPerSecond: float64(seen) / time.Since(epochStart).Seconds()})
+		}
+		if r.ctx.Err() != nil { // finish the step, then stop
+			return r.interrupted(epoch, b+1)
+		}
+	}
+	it.Close()
+	if seen > 0 {
+		res.TrainTop1 = float64(correct) / float64(seen)
+	}
+	last := epoch == cfg.Epochs-1
+	if r.val != nil && r.val.Len() > 0 && (last || (cfg.ValEvery > 0 && (epoch+1)%cfg.ValEvery == 0)) {
+		acc, err := Evaluate(r.ctx, r.e, r.p, r.val, r.pre, cfg.BatchSize, cfg.Workers)
+		if err != nil {
+			return err
+		}
+		res.ValTop1 = acc
+		if r.report != nil {
+			r.report(Event{Epoch: epoch + 1, Epochs: cfg.Epochs, Step: r.opt.Step, Steps: r.total, Batch: r.perEpoch, Batches: r.perEpoch,
+				Loss: lossSum / float64(max(seen, 1)), Accuracy: res.TrainTop1, LR: lr, Val: &acc})
+		}
+	}
+	return r.save(epoch+1, 0)
 }
 
 // Evaluate returns the top-1 accuracy of p (eval mode) on a split.
-func Evaluate(ctx context.Context, w *Worker, p *Program, split *data.Split, pre meta.Preprocess, batchSize, workers int) (float64, error) {
+func Evaluate(ctx context.Context, e engine.Engine, p engine.Program, split *data.Split, pre meta.Preprocess, batchSize, workers int) (float64, error) {
 	loader := data.NewLoader(split, pre, batchSize, false, 0, workers)
 	it := loader.Epoch(ctx, 0, 0)
 	defer it.Close()
@@ -231,8 +252,8 @@ func Evaluate(ctx context.Context, w *Worker, p *Program, split *data.Split, pre
 		if !ok {
 			break
 		}
-		var step *StepResult
-		if err := w.Do(func() error {
+		var step *engine.StepResult
+		if err := e.Do(func() error {
 			var err error
 			step, err = p.Forward(batch.Images, batch.Labels, batch.N)
 			return err
@@ -246,84 +267,4 @@ func Evaluate(ctx context.Context, w *Worker, p *Program, split *data.Split, pre
 		return 0, fmt.Errorf("evaluate: split %s is empty", split.SplitName())
 	}
 	return float64(correct) / float64(seen), nil
-}
-
-// fingerprint summarises the settings a checkpoint is only valid for.
-func (c Config) fingerprint(perEpoch int) string {
-	return fmt.Sprintf("epochs=%d batch=%d lr=%g minlr=%g wd=%g warmup=%d seed=%d batches/epoch=%d",
-		c.Epochs, c.BatchSize, c.LR, c.MinLR, c.WeightDecay, c.WarmupEpochs, c.Seed, perEpoch)
-}
-
-type checkpoint struct {
-	params, m, v map[string][]float32
-	step         int
-	epoch, batch int
-	settings     string
-}
-
-func writeCheckpoint(path string, w *Worker, p *Program, opt *AdamW, names []string, shapes map[string][]int64, epoch, batch int, settings string) error {
-	f := &safetensors.File{Tensors: map[string]safetensors.Tensor{}, Metadata: map[string]string{
-		"format": "sptctl-checkpoint-1", "step": strconv.Itoa(opt.Step), "epoch": strconv.Itoa(epoch),
-		"batch": strconv.Itoa(batch), "settings": settings,
-	}}
-	err := w.Do(func() error {
-		for _, n := range names {
-			v, err := p.Floats(n)
-			if err != nil {
-				return err
-			}
-			f.Tensors["param/"+n] = safetensors.Tensor{Shape: shapes[n], Data: v}
-			if m := opt.M[n]; m != nil {
-				f.Tensors["adam_m/"+n] = safetensors.Tensor{Shape: shapes[n], Data: m}
-				f.Tensors["adam_v/"+n] = safetensors.Tensor{Shape: shapes[n], Data: opt.V[n]}
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("checkpoint: %w", err)
-	}
-	return safetensors.Write(path, f)
-}
-
-func readCheckpoint(path string, names []string, shapes map[string][]int64) (*checkpoint, error) {
-	if path == "" {
-		return nil, errors.New("resume: no checkpoint file given")
-	}
-	if _, err := os.Stat(path); err != nil {
-		return nil, fmt.Errorf("resume: %w", err)
-	}
-	f, err := safetensors.Read(path)
-	if err != nil {
-		return nil, fmt.Errorf("resume: %w", err)
-	}
-	md := f.Metadata
-	if md["format"] != "sptctl-checkpoint-1" {
-		return nil, fmt.Errorf("resume: %s is not an sptctl checkpoint", path)
-	}
-	ck := &checkpoint{params: map[string][]float32{}, m: map[string][]float32{}, v: map[string][]float32{}, settings: md["settings"]}
-	for key, dst := range map[string]*int{"step": &ck.step, "epoch": &ck.epoch, "batch": &ck.batch} {
-		if *dst, err = strconv.Atoi(md[key]); err != nil {
-			return nil, fmt.Errorf("resume: %s: bad %s %q", path, key, md[key])
-		}
-	}
-	for _, n := range names {
-		t, ok := f.Tensors["param/"+n]
-		if !ok || len(t.Data) != numel(shapes[n]) {
-			return nil, fmt.Errorf("resume: %s has no (or a wrongly sized) tensor for %q; was it made for this model?", path, n)
-		}
-		ck.params[n] = t.Data
-		if m, ok := f.Tensors["adam_m/"+n]; ok {
-			ck.m[n], ck.v[n] = m.Data, f.Tensors["adam_v/"+n].Data
-		}
-	}
-	return ck, nil
-}
-
-func numel(shape []int64) int {
-	n := 1
-	for _, d := range shape {
-		n *= int(d)
-	}
-	return n
 }

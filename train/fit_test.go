@@ -8,6 +8,8 @@ import (
 	"testing"
 
 	"github.com/sptctl/sptctl/data"
+	"github.com/sptctl/sptctl/engine"
+	"github.com/sptctl/sptctl/engine/torch"
 	"github.com/sptctl/sptctl/inject"
 	"github.com/sptctl/sptctl/internal/fixture"
 	"github.com/sptctl/sptctl/internal/meta"
@@ -15,7 +17,7 @@ import (
 
 // fitSetup carves a 5-class Fashion-MNIST task and injects a LoRA plan into a 1-channel
 // 28×28 fixture; it returns the compiled program and the task's splits.
-func fitSetup(t *testing.T, w *Worker, fx string, strategy inject.Strategy) (*Program, *data.Dataset) {
+func fitSetup(t *testing.T, w *torch.Worker, fx string, strategy inject.Strategy) (engine.Program, *data.Dataset) {
 	t.Helper()
 	ds := fixture.OpenFewShot(t, data.FewShotOptions{Classes: []int{0, 1, 2, 3, 4}, Train: 120, Val: 60, Test: 60, Seed: 1,
 		Out: filepath.Join(t.TempDir(), "task")})
@@ -34,10 +36,10 @@ func fitSetup(t *testing.T, w *Worker, fx string, strategy inject.Strategy) (*Pr
 	if err != nil {
 		t.Fatal(err)
 	}
-	var p *Program
+	var p engine.Program
 	if err := w.Do(func() error {
 		var err error
-		p, err = Compile(m, Options{Trainable: names})
+		p, err = w.Compile(m, engine.Options{Trainable: names})
 		return err
 	}); err != nil {
 		t.Fatal(err)
@@ -55,7 +57,7 @@ func split(t *testing.T, ds *data.Dataset, name string) *data.Split {
 }
 
 func TestFitLearnsTheTask(t *testing.T) {
-	w := NewWorker()
+	w := torch.NewWorker()
 	defer w.Close()
 	for _, fx := range []string{"tv_op17_alias", "tv_op14_static"} { // dynamic batch; static batch 2 (micro-batched)
 		p, ds := fitSetup(t, w, fx, inject.Uniform)
@@ -87,11 +89,11 @@ func TestFitLearnsTheTask(t *testing.T) {
 // TestResumeEquivalence interrupts a run, resumes it from its checkpoint and expects
 // the weights of an uninterrupted run.
 func TestResumeEquivalence(t *testing.T) {
-	w := NewWorker()
+	w := torch.NewWorker()
 	defer w.Close()
 	pre := data.DefaultPreprocess(1, 28, 28)
 	cfg := Config{Epochs: 4, BatchSize: 16, LR: 3e-3, WeightDecay: 1e-4, WarmupEpochs: 1, Seed: 9}
-	weights := func(p *Program) map[string][]float32 {
+	weights := func(p engine.Program) map[string][]float32 {
 		out := map[string][]float32{}
 		w.Do(func() error {
 			for _, n := range p.Trainable() {

@@ -1,5 +1,5 @@
-// Command engine times sptctl's training executor (package train) on an ONNX model:
-// train.Compile, then STEPS timed steps of ZeroGrad + ForwardBackward (train-mode
+// Command engine times sptctl's training executor (package engine/torch) on an ONNX
+// model: Compile, then STEPS timed steps of train.Step (ZeroGrad + ForwardBackward: train-mode
 // forward, mean cross-entropy, backward) on one fixed random batch, after WARMUP
 // untimed steps. It prints one JSON line; /usr/bin/time -v around it gives peak RSS.
 //
@@ -9,7 +9,7 @@
 // -trainable all: every float initializer gets requires_grad (full fine-tuning).
 // -trainable marked: only the initializers `sptctl inject` marked trainable (what
 // `sptctl train` trains). -adamw adds what train.Fit does after the backward: the
-// AdamW update in Go (Grad, Floats, Update, SetFloats per trainable) and a SetSeed.
+// AdamW update in Go (AdamW.Apply: Grad, Floats, Update, SetFloats per trainable) and a SetSeed.
 // The model proto is released after Compile (the executor copies the weights into
 // libtorch). The JSON has the peak RSS (VmHWM) after Compile and at the end.
 // bench/engine/run.sh and bench/serve/run.sh run it beside PyTorch.
@@ -29,6 +29,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/sptctl/sptctl/engine"
+	"github.com/sptctl/sptctl/engine/torch"
 	"github.com/sptctl/sptctl/internal/meta"
 	"github.com/sptctl/sptctl/onnxio"
 	"github.com/sptctl/sptctl/onnxio/onnxpb"
@@ -66,11 +68,10 @@ func run(path string, batch, steps, warm, threads int, which string, adamw bool,
 			return err
 		}
 	}
-	w := train.NewWorkerThreads(threads)
+	w := torch.NewWorkerThreads(threads)
 	defer w.Close()
-	var p *train.Program
+	var p engine.Program
 	var names []string
-	shapes := map[string][]int64{}
 	var nTrain int64
 	var per int
 	var sample []int64
@@ -85,12 +86,11 @@ func run(path string, batch, steps, warm, threads int, which string, adamw bool,
 			}
 		}
 		var err error
-		if p, err = train.Compile(m, train.Options{Trainable: names}); err != nil {
+		if p, err = w.Compile(m, engine.Options{Trainable: names}); err != nil {
 			return err
 		}
 		for _, n := range p.Trainable() {
 			s, _ := p.ParamShape(n)
-			shapes[n] = s
 			c := int64(1)
 			for _, d := range s {
 				c *= d
@@ -108,7 +108,6 @@ func run(path string, batch, steps, warm, threads int, which string, adamw bool,
 		return err
 	}
 	names = p.Trainable()
-	sort.Strings(names)
 	m = nil
 	runtime.GC()
 	debug.FreeOSMemory()
@@ -129,14 +128,11 @@ func run(path string, batch, steps, warm, threads int, which string, adamw bool,
 	step := func() error {
 		return w.Do(func() error {
 			if adamw {
-				if err := train.SetSeed(uint64(opt.Step)); err != nil {
+				if err := w.SetSeed(uint64(opt.Step)); err != nil {
 					return err
 				}
 			}
-			if err := p.ZeroGrad(); err != nil {
-				return err
-			}
-			r, err := p.ForwardBackward(imgs, labels, batch)
+			r, err := train.Step(p, imgs, labels, batch)
 			if err != nil {
 				return err
 			}
@@ -144,22 +140,7 @@ func run(path string, batch, steps, warm, threads int, which string, adamw bool,
 			if !adamw {
 				return nil
 			}
-			opt.Begin()
-			for _, n := range names {
-				g, err := p.Grad(n)
-				if err != nil {
-					return err
-				}
-				v, err := p.Floats(n)
-				if err != nil {
-					return err
-				}
-				opt.Update(n, shapes[n], v, g, 1e-4)
-				if err := p.SetFloats(n, v); err != nil {
-					return err
-				}
-			}
-			return nil
+			return opt.Apply(p, 1e-4)
 		})
 	}
 	for i := 0; i < warm; i++ {

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Issue 3 performance: forward+backward images/s and peak memory of sptctl's executor
-# (package train) against Debian PyTorch 1.13 eager on the same model, same thread count.
+# (package engine/torch) against Debian PyTorch 1.13 eager on the same model, same thread count.
 #
 #   bench/engine/run.sh            # writes bench/RESULTS-engine.md (ROUNDS=2 by default)
 #   REPORT_FROM=RUNS bench/engine/run.sh   # only the table, from a saved runs file
@@ -10,7 +10,7 @@
 # dim 96; batch 64) and torchvision vit_b_16 (bench/make_vit_b16.py; batch 8, 224x224),
 # random weights. Every float initializer / parameter is trainable (full fine-tuning);
 # a step is zero-grad + train-mode forward + mean cross-entropy + backward, no optimizer.
-# Go: bench/engine (train.Compile + Program.ForwardBackward on a train.Worker with 2
+# Go: bench/engine (Compile + train.Step on a torch.Worker with 2
 # libtorch threads). PyTorch: bench/engine/torch_fb.py (torchvision's VisionTransformer
 # rebuilt with the same config, torch.set_num_threads(2)). Both on Debian's OpenBLAS
 # (openmp). Each measurement is its own process under /usr/bin/time -v (peak RSS = the

@@ -3,10 +3,11 @@ package main
 import (
 	"fmt"
 
+	"github.com/sptctl/sptctl/engine"
+	"github.com/sptctl/sptctl/engine/torch"
 	"github.com/sptctl/sptctl/export/ort"
 	"github.com/sptctl/sptctl/internal/meta"
 	"github.com/sptctl/sptctl/onnxio"
-	"github.com/sptctl/sptctl/train"
 )
 
 // The export's parity check also runs the trained model on libtorch (the executor
@@ -29,11 +30,11 @@ func runOnLibtorch(modelPath string, x ort.Tensor) (ort.Tensor, error) {
 		return ort.Tensor{}, fmt.Errorf("libtorch check: input shape %v", x.Shape)
 	}
 	n := int(x.Shape[0])
-	w := train.NewWorker()
+	w := torch.NewWorker()
 	defer w.Close()
 	var out ort.Tensor
 	err = w.Do(func() error {
-		p, err := train.Compile(m, train.Options{Trainable: names})
+		p, err := w.Compile(m, engine.Options{Trainable: names})
 		if err != nil {
 			return err
 		}

@@ -6,9 +6,9 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/sptctl/sptctl/engine/torch"
 	"github.com/sptctl/sptctl/sensitivity"
 	"github.com/sptctl/sptctl/surgery"
-	"github.com/sptctl/sptctl/train"
 )
 
 func sensitivityCommand() *cli.Command {
@@ -74,13 +74,11 @@ func runSensitivity(c *cli.Context) (*sensitivityReport, error) {
 	}
 	ctx, stop := interruptible()
 	defer stop()
-	w := train.NewWorker()
+	w := torch.NewWorker()
 	defer w.Close()
 	bar := newProgress(c.App.ErrWriter, "sensitivity")
 	opt := sensitivity.Options{Batches: c.Int("batches"), BatchSize: c.Int("batch-size"), Classes: classes,
 		HeadSeed: c.Int64("head-seed"), Seed: c.Int64("seed")}
-	// Compute gives m a head for the task; the block weights, all that is written
-	// below, stay as they are.
 	scores, info, err := sensitivity.Compute(ctx, w, m, split, pre, opt, func(done, total int) {
 		bar.update(done, total, "batches")
 	})

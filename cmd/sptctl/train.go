@@ -7,6 +7,8 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/sptctl/sptctl/data"
+	"github.com/sptctl/sptctl/engine"
+	"github.com/sptctl/sptctl/engine/torch"
 	"github.com/sptctl/sptctl/internal/meta"
 	"github.com/sptctl/sptctl/onnxio"
 	"github.com/sptctl/sptctl/train"
@@ -105,11 +107,11 @@ func runTrain(c *cli.Context) (*trainReport, error) {
 	}
 	ctx, stop := interruptible()
 	defer stop()
-	w := train.NewWorker()
+	w := torch.NewWorker()
 	defer w.Close()
-	var prog *train.Program
+	var prog engine.Program
 	if err := w.Do(func() error {
-		prog, err = train.Compile(m, train.Options{Trainable: names})
+		prog, err = w.Compile(m, engine.Options{Trainable: names})
 		return err
 	}); err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)

@@ -4,7 +4,7 @@
 Usage: /usr/bin/python3 sensitivity/testdata/scores.py FIXTURE DIR
 
 Rebuilds the PyTorch module testdata/FIXTURE.onnx was exported from and loads its
-weights from the ONNX initializers (train/testdata/grads.py), replaces the classifier
+weights from the ONNX initializers (engine/torch/testdata/grads.py), replaces the classifier
 with DIR/head_weight.npy [C, in] and DIR/head_bias.npy [C], then, in train mode, for
 each DIR/batchK.npy (images) with DIR/labelsK.npy (int64), K = 0, 1, ... adds the
 squared gradient of the mean cross-entropy to each initializer's score. Writes
@@ -19,7 +19,7 @@ import onnx
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "..", "train", "testdata"))
+sys.path.insert(0, os.path.join(HERE, "..", "..", "engine", "torch", "testdata"))
 import grads  # noqa: E402
 
 

@@ -1,4 +1,4 @@
-package train
+package torch
 
 import (
 	"encoding/binary"

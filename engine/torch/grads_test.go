@@ -1,8 +1,9 @@
-package train
+package torch
 
 import (
 	"encoding/json"
 	"fmt"
+	"github.com/sptctl/sptctl/engine"
 	"math"
 	"os"
 	"os/exec"
@@ -15,7 +16,7 @@ import (
 
 // Backward parity: gradients of the mean cross-entropy with respect to every
 // initializer, executor against Debian PyTorch's autograd on the module the fixture
-// was exported from, with the fixture's weights (train/testdata/grads.py).
+// was exported from, with the fixture's weights (engine/torch/testdata/grads.py).
 
 // oracleCases are fixture:N pairs (N = 0: the fixture's own input; else N seeded
 // random images). Fixed-batch fixtures with N ≠ their batch run as micro-batches.
@@ -118,13 +119,13 @@ func TestBackwardParity(t *testing.T) {
 				}
 				count := int(x.Shape[0])
 				onTorch(t, func() error {
-					probe, err := Compile(m, Options{})
+					probe, err := Compile(m, engine.Options{})
 					if err != nil {
 						return err
 					}
 					all := probe.Params()
 					probe.Close()
-					p, err := Compile(m, Options{Trainable: all, NoFusion: noFusion})
+					p, err := Compile(m, engine.Options{Trainable: all, NoFusion: noFusion})
 					if err != nil {
 						return err
 					}

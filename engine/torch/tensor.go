@@ -1,4 +1,4 @@
-package train
+package torch
 
 import (
 	"errors"
@@ -56,8 +56,8 @@ func tensorFromData(ptr unsafe.Pointer, shape []int64, elt uint, kind gotch.DTyp
 	return ts.New(c), nil
 }
 
-// TensorFromFloats makes a float32 tensor of the given shape holding a copy of v.
-func TensorFromFloats(v []float32, shape []int64) (*ts.Tensor, error) {
+// tensorFromFloats makes a float32 tensor of the given shape holding a copy of v.
+func tensorFromFloats(v []float32, shape []int64) (*ts.Tensor, error) {
 	if int64(len(v)) != prod(shape) {
 		return nil, fmt.Errorf("%d values for shape %v", len(v), shape)
 	}
@@ -69,8 +69,8 @@ func TensorFromFloats(v []float32, shape []int64) (*ts.Tensor, error) {
 	return tensorFromData(p, shape, 4, gotch.Float)
 }
 
-// TensorFromInt64s makes an int64 tensor of the given shape holding a copy of v.
-func TensorFromInt64s(v []int64, shape []int64) (*ts.Tensor, error) {
+// tensorFromInt64s makes an int64 tensor of the given shape holding a copy of v.
+func tensorFromInt64s(v []int64, shape []int64) (*ts.Tensor, error) {
 	if int64(len(v)) != prod(shape) {
 		return nil, fmt.Errorf("%d values for shape %v", len(v), shape)
 	}
@@ -101,7 +101,7 @@ func tensorFromHost(h *hostT) (*ts.Tensor, error) {
 		for k, x := range h.f {
 			v[k] = float32(x)
 		}
-		return TensorFromFloats(v, h.shape)
+		return tensorFromFloats(v, h.shape)
 	case onnxpb.TensorProto_DataType(h.dtype) == onnxpb.TensorProto_BOOL:
 		v := make([]byte, len(h.i)+1)
 		for k, x := range h.i {
@@ -111,7 +111,7 @@ func tensorFromHost(h *hostT) (*ts.Tensor, error) {
 		}
 		return tensorFromData(unsafe.Pointer(&v[0]), h.shape, 1, gotch.Bool)
 	default:
-		return TensorFromInt64s(h.i, h.shape)
+		return tensorFromInt64s(h.i, h.shape)
 	}
 }
 
@@ -224,6 +224,3 @@ func sizeOf(t *ts.Tensor) ([]int64, error) {
 	}
 	return buf[:n], nil
 }
-
-// Floats32 copies a float32 tensor into Go memory (one memcpy for a contiguous one).
-func Floats32(t *ts.Tensor) ([]float32, error) { return copyFloats(t) }

@@ -1,4 +1,4 @@
-package train
+package torch
 
 import (
 	"errors"
@@ -6,6 +6,9 @@ import (
 	"runtime"
 	"runtime/debug"
 	"sync"
+
+	"github.com/sptctl/sptctl/engine"
+	"github.com/sptctl/sptctl/onnxio/onnxpb"
 )
 
 // Worker runs functions on one goroutine locked to its OS thread: libtorch's grad
@@ -26,7 +29,7 @@ type job struct {
 }
 
 // ErrWorkerClosed is returned by Do after Close.
-var ErrWorkerClosed = errors.New("train: worker is closed")
+var ErrWorkerClosed = errors.New("engine: worker is closed")
 
 // NewWorker starts a worker whose libtorch uses one thread per CPU.
 func NewWorker() *Worker { return NewWorkerThreads(0) }
@@ -43,7 +46,7 @@ func NewWorkerThreads(n int) *Worker {
 		for {
 			select {
 			case j := <-w.jobs:
-				j.out <- run(j.f)
+				j.out <- guarded(j.f)
 			case <-w.done:
 				return
 			}
@@ -53,7 +56,7 @@ func NewWorkerThreads(n int) *Worker {
 	return w
 }
 
-func run(f func() error) (err error) {
+func guarded(f func() error) (err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			err = fmt.Errorf("panic on the torch thread: %v\n%s", r, debug.Stack())
@@ -79,3 +82,20 @@ func (w *Worker) Do(f func() error) error {
 func (w *Worker) Close() {
 	w.once.Do(func() { close(w.done) })
 }
+
+// Compile is the package's Compile behind engine.Engine; call it inside Do.
+func (w *Worker) Compile(m *onnxpb.ModelProto, opt engine.Options) (engine.Program, error) {
+	p, err := Compile(m, opt)
+	if err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// SetSeed is the package's SetSeed behind engine.Engine; call it inside Do.
+func (w *Worker) SetSeed(seed uint64) error { return SetSeed(seed) }
+
+var (
+	_ engine.Engine  = (*Worker)(nil)
+	_ engine.Program = (*Program)(nil)
+)

@@ -1,4 +1,4 @@
-package train
+package torch
 
 // Smoke tests for gotch as scripts/setup.sh builds it (third_party/gotch, patched
 // for Debian's libtorch 1.13.1), for the gotch bugs the patch fixes, and for the

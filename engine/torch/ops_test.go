@@ -1,7 +1,8 @@
-package train
+package torch
 
 import (
 	"fmt"
+	"github.com/sptctl/sptctl/engine"
 	"math"
 	"strings"
 	"testing"
@@ -124,7 +125,7 @@ func feeds(data map[string]arr) (map[string]*ts.Tensor, error) {
 		var t *ts.Tensor
 		var err error
 		if a.f != nil {
-			t, err = TensorFromFloats(a.f, a.shape)
+			t, err = tensorFromFloats(a.f, a.shape)
 		} else {
 			h := newHostInts(a.shape, a.i)
 			if a.b {
@@ -156,7 +157,7 @@ func runCase(c opCase, asInputs bool) (*hostT, error) {
 		opset = 17
 	}
 	m := model(opset, c.nodes, c.data, c.consts, asInputs)
-	p, err := Compile(m, Options{})
+	p, err := Compile(m, engine.Options{})
 	if err != nil {
 		return nil, err
 	}
@@ -172,7 +173,7 @@ func runCase(c opCase, asInputs bool) (*hostT, error) {
 			}
 		}()
 	}
-	outs, err := p.Run(in, false)
+	outs, err := p.run(in, false)
 	if err != nil {
 		return nil, err
 	}
@@ -540,14 +541,14 @@ func TestUnsupportedOp(t *testing.T) {
 		map[string]arr{"x": fa([]int64{1}, 1)}, nil, true)
 	m.Graph.Node[0].Name = proto.String("/x/Foo")
 	onTorch(t, func() error {
-		_, err := Compile(m, Options{})
+		_, err := Compile(m, engine.Options{})
 		want := `compile: node "/x/Foo": op "Foo" is not supported`
 		if err == nil || err.Error() != want {
 			t.Errorf("error %v, want %q", err, want)
 		}
 		m.Graph.Node[0].OpType = proto.String("Relu")
 		m.Graph.Node[0].Domain = proto.String("com.microsoft")
-		_, err = Compile(m, Options{})
+		_, err = Compile(m, engine.Options{})
 		if err == nil || !strings.Contains(err.Error(), `domain "com.microsoft"`) {
 			t.Errorf("error %v, want the domain named", err)
 		}
@@ -559,29 +560,29 @@ func TestRunErrors(t *testing.T) {
 	m := model(17, []*onnxpb.NodeProto{node("Reshape", []string{"x", "s"}, []string{"y"})},
 		map[string]arr{"x": fa([]int64{2, 3}, iota32(6)...)}, map[string]arr{"s": ia([]int64{1}, 4)}, true)
 	onTorch(t, func() error {
-		p, err := Compile(m, Options{})
+		p, err := Compile(m, engine.Options{})
 		if err != nil {
 			return err
 		}
 		defer p.Close()
-		if _, err := p.Run(nil, false); err == nil || !strings.Contains(err.Error(), `missing input "x"`) {
+		if _, err := p.run(nil, false); err == nil || !strings.Contains(err.Error(), `missing input "x"`) {
 			t.Errorf("no input: %v", err)
 		}
-		x, err := TensorFromFloats(iota32(6), []int64{2, 3})
+		x, err := tensorFromFloats(iota32(6), []int64{2, 3})
 		if err != nil {
 			return err
 		}
 		defer x.Drop()
-		_, err = p.Run(map[string]*ts.Tensor{"x": x}, false)
+		_, err = p.run(map[string]*ts.Tensor{"x": x}, false)
 		if err == nil || !strings.Contains(err.Error(), `node "/Reshape" (Reshape): cannot reshape [2 3]`) {
 			t.Errorf("bad reshape: %v", err)
 		}
-		x2, err := TensorFromFloats(iota32(6), []int64{3, 2})
+		x2, err := tensorFromFloats(iota32(6), []int64{3, 2})
 		if err != nil {
 			return err
 		}
 		defer x2.Drop()
-		if _, err = p.Run(map[string]*ts.Tensor{"x": x2}, false); err == nil || !strings.Contains(err.Error(), "graph wants [2 3]") {
+		if _, err = p.run(map[string]*ts.Tensor{"x": x2}, false); err == nil || !strings.Contains(err.Error(), "graph wants [2 3]") {
 			t.Errorf("wrong input shape: %v", err)
 		}
 		return nil
@@ -599,18 +600,18 @@ func TestDropoutTrain(t *testing.T) {
 	m := model(13, []*onnxpb.NodeProto{node("Dropout", []string{"x", "r"}, []string{"y"})},
 		map[string]arr{"x": fa([]int64{n}, ones...)}, map[string]arr{"r": fa(nil, 0.25)}, true)
 	onTorch(t, func() error {
-		p, err := Compile(m, Options{})
+		p, err := Compile(m, engine.Options{})
 		if err != nil {
 			return err
 		}
 		defer p.Close()
-		x, err := TensorFromFloats(ones, []int64{n})
+		x, err := tensorFromFloats(ones, []int64{n})
 		if err != nil {
 			return err
 		}
 		defer x.Drop()
 		draw := func() ([]float32, error) {
-			outs, err := p.Run(map[string]*ts.Tensor{"x": x}, true)
+			outs, err := p.run(map[string]*ts.Tensor{"x": x}, true)
 			if err != nil {
 				return nil, err
 			}

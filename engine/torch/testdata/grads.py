@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Gradient oracle for the executor's backward parity tests (Debian torch 1.13).
 
-Usage: /usr/bin/python3 train/testdata/grads.py OUTDIR NAME:N [NAME:N ...]
+Usage: /usr/bin/python3 engine/torch/testdata/grads.py OUTDIR NAME:N [NAME:N ...]
 
 For each fixture NAME (testdata/NAME.onnx) it rebuilds the PyTorch module the fixture
 was exported from (testdata/make_fixtures.py's FIXTURES and build()), then loads every
@@ -30,7 +30,7 @@ import torch
 from onnx import numpy_helper
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-FIXTURES_DIR = os.path.normpath(os.path.join(HERE, "..", "..", "testdata"))
+FIXTURES_DIR = os.path.normpath(os.path.join(HERE, "..", "..", "..", "testdata"))
 sys.path.insert(0, FIXTURES_DIR)
 
 import make_fixtures as mf  # noqa: E402  (sets one thread, fixed warnings)

@@ -1,4 +1,4 @@
-package train
+package torch
 
 // #cgo CXXFLAGS: -std=c++17 -O1 -g0 -I/usr/include/torch/csrc/api/include -w
 // #cgo LDFLAGS: -lstdc++ -ltorch -lc10 -ltorch_cpu

@@ -1,10 +1,12 @@
-package train
+package torch
 
 import (
 	"errors"
 	"fmt"
 
 	"github.com/sugarme/gotch/ts"
+
+	"github.com/sptctl/sptctl/engine"
 )
 
 // Image classification on top of Run: batches of images in, mean cross-entropy and its
@@ -12,36 +14,22 @@ import (
 // fixed batch size (often 1, baked into Reshape shapes), which run in micro-batches of
 // that size.
 
-// StepResult reports one ForwardBackward (or Forward) call.
-type StepResult struct {
-	N       int       // examples
-	Loss    float64   // mean cross-entropy over the N examples (ForwardBackward only)
-	Correct int       // examples whose arg-max logit is the label (ForwardBackward only)
-	Logits  []float32 // N × Classes, row-major
-	Classes int
-	// Runs is the number of graph runs. MicroBatched is true when the graph's fixed
-	// batch size (FixedBatch) differed from N, so the batch ran as Runs micro-batches
-	// of that size (the last one padded with zero images whose loss is masked out).
-	Runs         int
-	MicroBatched bool
-}
-
 // imageInput returns the graph's first input and the shape of one example.
-func (p *Program) imageInput() (IO, []int64, error) {
+func (p *Program) imageInput() (engine.IO, []int64, error) {
 	if len(p.inputs) != 1 {
-		return IO{}, nil, fmt.Errorf("graph has %d inputs, want one image input", len(p.inputs))
+		return engine.IO{}, nil, fmt.Errorf("graph has %d inputs, want one image input", len(p.inputs))
 	}
 	in := p.inputs[0]
 	if len(in.Shape) < 2 {
-		return IO{}, nil, fmt.Errorf("input %q has shape %v, want [batch, ...]", in.Name, in.Shape)
+		return engine.IO{}, nil, fmt.Errorf("input %q has shape %v, want [batch, ...]", in.Name, in.Shape)
 	}
 	for _, d := range in.Shape[1:] {
 		if d < 0 {
-			return IO{}, nil, fmt.Errorf("input %q has shape %v: only the batch axis may be dynamic", in.Name, in.Shape)
+			return engine.IO{}, nil, fmt.Errorf("input %q has shape %v: only the batch axis may be dynamic", in.Name, in.Shape)
 		}
 	}
 	if len(p.outputs) < 1 {
-		return IO{}, nil, errors.New("graph has no output")
+		return engine.IO{}, nil, errors.New("graph has no output")
 	}
 	return in, in.Shape[1:], nil
 }
@@ -53,7 +41,7 @@ func (p *Program) imageInput() (IO, []int64, error) {
 // A fixed-batch graph runs ⌈n/B⌉ micro-batches of its batch size B: each contributes
 // the summed loss of its real examples divided by n, so the gradients equal those of
 // one batch of n. Call it on the torch thread.
-func (p *Program) ForwardBackward(images []float32, labels []int64, n int) (*StepResult, error) {
+func (p *Program) ForwardBackward(images []float32, labels []int64, n int) (*engine.StepResult, error) {
 	if len(p.trainable) == 0 {
 		return nil, errors.New("forward-backward: no trainable initializers")
 	}
@@ -71,14 +59,14 @@ func (p *Program) ForwardBackward(images []float32, labels []int64, n int) (*Ste
 // Forward runs the graph in eval mode (no gradients, no dropout) on n images and
 // returns the first output's rows, in micro-batches for a fixed-batch graph. With
 // labels (optional, n of them) it also counts the correct predictions and the loss.
-func (p *Program) Forward(images []float32, labels []int64, n int) (*StepResult, error) {
+func (p *Program) Forward(images []float32, labels []int64, n int) (*engine.StepResult, error) {
 	if labels != nil && len(labels) != n {
 		return nil, fmt.Errorf("forward: %d labels for %d images", len(labels), n)
 	}
 	return p.batches(images, labels, n, false)
 }
 
-func (p *Program) batches(images []float32, labels []int64, n int, train bool) (*StepResult, error) {
+func (p *Program) batches(images []float32, labels []int64, n int, train bool) (*engine.StepResult, error) {
 	in, sample, err := p.imageInput()
 	if err != nil {
 		return nil, err
@@ -91,7 +79,7 @@ func (p *Program) batches(images []float32, labels []int64, n int, train bool) (
 		return nil, fmt.Errorf("%d values for %d images of shape %v", len(images), n, sample)
 	}
 	chunk := n
-	res := &StepResult{N: n}
+	res := &engine.StepResult{N: n}
 	if fb := p.FixedBatch(); fb > 0 {
 		chunk = fb
 		res.MicroBatched = fb != n
@@ -111,11 +99,11 @@ func (p *Program) batches(images []float32, labels []int64, n int, train bool) (
 			clear(buf[m*size:])
 			x = buf
 		}
-		xt, err := TensorFromFloats(x, append([]int64{int64(b)}, sample...))
+		xt, err := tensorFromFloats(x, append([]int64{int64(b)}, sample...))
 		if err != nil {
 			return nil, err
 		}
-		outs, err := p.Run(map[string]*ts.Tensor{in.Name: xt}, train)
+		outs, err := p.run(map[string]*ts.Tensor{in.Name: xt}, train)
 		xt.Drop()
 		if err != nil {
 			return nil, err
@@ -138,7 +126,7 @@ func (p *Program) batches(images []float32, labels []int64, n int, train bool) (
 
 // consume reads one run's logits [b, classes] (its first m rows real) and, with
 // labels, adds its loss; in train mode it runs backward.
-func (p *Program) consume(res *StepResult, logits *ts.Tensor, labels []int64, off, m, b, n int, train bool, lab []int64) error {
+func (p *Program) consume(res *engine.StepResult, logits *ts.Tensor, labels []int64, off, m, b, n int, train bool, lab []int64) error {
 	shape, err := sizeOf(logits)
 	if err != nil {
 		return err
@@ -181,7 +169,7 @@ func (p *Program) consume(res *StepResult, logits *ts.Tensor, labels []int64, of
 			}
 		}
 	}
-	lt, err := TensorFromInt64s(lab[:b], []int64{int64(b)})
+	lt, err := tensorFromInt64s(lab[:b], []int64{int64(b)})
 	if err != nil {
 		return err
 	}

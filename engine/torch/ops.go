@@ -1,4 +1,4 @@
-package train
+package torch
 
 import (
 	"errors"
@@ -941,7 +941,7 @@ func opSlice(c *nodeCtx) (kernel, error) {
 					idx[j] = first[d] + int64(j)*step[d]
 				}
 				var it *ts.Tensor
-				if it, err = TensorFromInt64s(idx, []int64{count[d]}); err == nil {
+				if it, err = tensorFromInt64s(idx, []int64{count[d]}); err == nil {
 					nt, err = t.IndexSelect(int64(d), it, false)
 					it.Drop()
 				}
@@ -995,7 +995,7 @@ func opGather(c *nodeCtx) (kernel, error) {
 			if len(in[1].h.shape) == 0 { // x[:, j]: a view
 				return one(x.Select(int64(a), norm[0], false))
 			}
-			it, err := TensorFromInt64s(norm, []int64{int64(len(norm))})
+			it, err := tensorFromInt64s(norm, []int64{int64(len(norm))})
 			if err != nil {
 				return nil, err
 			}
@@ -1573,11 +1573,11 @@ func opScatterND(c *nodeCtx) (kernel, error) {
 					l[i] += v * st[j]
 				}
 			}
-			if lin, err = TensorFromInt64s(l, []int64{m}); err != nil {
+			if lin, err = tensorFromInt64s(l, []int64{m}); err != nil {
 				return nil, err
 			}
 		} else {
-			stT, err := TensorFromInt64s(st, []int64{int64(k)})
+			stT, err := tensorFromInt64s(st, []int64{int64(k)})
 			if err != nil {
 				return nil, err
 			}

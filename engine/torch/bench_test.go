@@ -1,7 +1,8 @@
-package train
+package torch
 
 import (
 	"fmt"
+	"github.com/sptctl/sptctl/engine"
 	"math/rand"
 	"runtime"
 	"testing"
@@ -29,13 +30,13 @@ func BenchmarkForwardBackward(b *testing.B) {
 			}
 			var p *Program
 			onTorch(b, func() error {
-				probe, err := Compile(m, Options{})
+				probe, err := Compile(m, engine.Options{})
 				if err != nil {
 					return err
 				}
 				all := probe.Params()
 				probe.Close()
-				p, err = Compile(m, Options{Trainable: all})
+				p, err = Compile(m, engine.Options{Trainable: all})
 				if err != nil {
 					return err
 				}

@@ -1,4 +1,4 @@
-package train
+package torch
 
 import (
 	"errors"
@@ -10,6 +10,7 @@ import (
 	lib "github.com/sugarme/gotch/libtch"
 	"github.com/sugarme/gotch/ts"
 
+	"github.com/sptctl/sptctl/engine"
 	"github.com/sptctl/sptctl/onnxio"
 	"github.com/sptctl/sptctl/onnxio/onnxpb"
 )
@@ -29,22 +30,6 @@ import (
 // call into a Program (Compile included) must run on one goroutine locked to its OS
 // thread; Worker provides one.
 
-// Options configures Compile.
-type Options struct {
-	// Trainable names the float initializers that get requires_grad (and gradients).
-	Trainable []string
-	// NoFusion runs every node as written, without fusing the node chains PyTorch's
-	// exporter writes for GELU and for linear layers (see fuse.go).
-	NoFusion bool
-}
-
-// IO describes a graph input or output.
-type IO struct {
-	Name  string
-	Type  int32   // ONNX element type (onnxpb.TensorProto_DataType)
-	Shape []int64 // -1 for a dimension without a fixed size; nil if the graph says nothing
-}
-
 // Program is a compiled graph with its weights as libtorch tensors.
 type Program struct {
 	opset     int64
@@ -55,14 +40,15 @@ type Program struct {
 	isParam   []bool // a float initializer (or an Identity alias of one)
 	isInput   []bool
 	steps     []*step
-	inputs    []IO
+	inputs    []engine.IO
 	inIDs     []int
-	outputs   []IO
+	outputs   []engine.IO
 	outIDs    []int
 	params    map[string]*param
 	order     []string // float initializers in graph order
 	trainable []string
 	hostCache map[*hostT]*ts.Tensor // libtorch copies of static host values
+	gradSq    map[string]*ts.Tensor // AddGradSquares' running sums
 	closed    bool
 }
 
@@ -156,7 +142,7 @@ func (r *runCtx) dropTemps() {
 
 // Compile turns m's graph into a Program. It fails on an op outside the supported
 // list, naming the node and the op. Call it on the torch thread (see Worker).
-func Compile(m *onnxpb.ModelProto, opt Options) (p *Program, err error) {
+func Compile(m *onnxpb.ModelProto, opt engine.Options) (p *Program, err error) {
 	g := m.GetGraph()
 	if g == nil {
 		return nil, errors.New("compile: model has no graph")
@@ -226,7 +212,7 @@ func Compile(m *onnxpb.ModelProto, opt Options) (p *Program, err error) {
 		if _, ok := p.ids[name]; ok {
 			continue
 		}
-		io := IO{Name: name}
+		io := engine.IO{Name: name}
 		if tt := in.GetType().GetTensorType(); tt != nil {
 			io.Type = tt.GetElemType()
 			if sh := tt.GetShape(); sh != nil {
@@ -272,7 +258,7 @@ func Compile(m *onnxpb.ModelProto, opt Options) (p *Program, err error) {
 		if !ok {
 			return nil, fmt.Errorf("compile: graph output %q is not produced by any node", o.GetName())
 		}
-		io := IO{Name: o.GetName()}
+		io := engine.IO{Name: o.GetName()}
 		if tt := o.GetType().GetTensorType(); tt != nil {
 			io.Type = tt.GetElemType()
 			if sh := tt.GetShape(); sh != nil {
@@ -303,7 +289,7 @@ func floatInitializer(init *onnxpb.TensorProto) (*ts.Tensor, error) {
 	if err != nil {
 		return nil, err
 	}
-	return TensorFromFloats(vals, dims)
+	return tensorFromFloats(vals, dims)
 }
 
 func (p *Program) newValue(name string) int {
@@ -451,10 +437,10 @@ func (p *Program) planFrees() {
 }
 
 // Inputs describes the graph inputs the caller feeds.
-func (p *Program) Inputs() []IO { return p.inputs }
+func (p *Program) Inputs() []engine.IO { return p.inputs }
 
 // Outputs describes the graph outputs Run returns.
-func (p *Program) Outputs() []IO { return p.outputs }
+func (p *Program) Outputs() []engine.IO { return p.outputs }
 
 // Params lists the float initializers (the weights), in graph order.
 func (p *Program) Params() []string { return append([]string{}, p.order...) }
@@ -474,11 +460,11 @@ func (p *Program) FixedBatch() int {
 	return int(p.inputs[0].Shape[0])
 }
 
-// Run executes the graph on inputs (by graph input name). In train mode autograd
+// run executes the graph on inputs (by graph input name). In train mode autograd
 // records the computation (call Backward on a loss made from the outputs) and Dropout
 // drops; in eval mode no gradient is tracked and Dropout is the identity. The caller
 // owns the returned tensors and must Drop them. Inputs are not modified or dropped.
-func (p *Program) Run(inputs map[string]*ts.Tensor, train bool) (map[string]*ts.Tensor, error) {
+func (p *Program) run(inputs map[string]*ts.Tensor, train bool) (map[string]*ts.Tensor, error) {
 	if p.closed {
 		return nil, errors.New("run: program is closed")
 	}
@@ -584,7 +570,7 @@ func (p *Program) Run(inputs map[string]*ts.Tensor, train bool) (map[string]*ts.
 	return res, nil
 }
 
-func checkShape(io IO, shape []int64) error {
+func checkShape(io engine.IO, shape []int64) error {
 	if len(shape) != len(io.Shape) {
 		return fmt.Errorf("input %q has shape %v, the graph wants rank %d (%v)", io.Name, shape, len(io.Shape), io.Shape)
 	}
@@ -596,9 +582,9 @@ func checkShape(io IO, shape []int64) error {
 	return nil
 }
 
-// Param returns the libtorch tensor of a float initializer (nil if there is none).
+// paramTensor returns the libtorch tensor of a float initializer (nil if there is none).
 // The Program owns it.
-func (p *Program) Param(name string) *ts.Tensor {
+func (p *Program) paramTensor(name string) *ts.Tensor {
 	if pr, ok := p.params[name]; ok {
 		return pr.t
 	}
@@ -643,9 +629,9 @@ func (p *Program) Grad(name string) ([]float32, error) {
 	return out, nil
 }
 
-// GradTensor returns a new handle to the gradient tensor of a trainable initializer,
+// gradTensor returns a new handle to the gradient tensor of a trainable initializer,
 // or nil if it has none yet. The caller drops it.
-func (p *Program) GradTensor(name string) (*ts.Tensor, error) {
+func (p *Program) gradTensor(name string) (*ts.Tensor, error) {
 	pr, ok := p.params[name]
 	if !ok || !pr.trainable {
 		return nil, fmt.Errorf("grad: %q is not a trainable initializer", name)
@@ -662,10 +648,62 @@ func (p *Program) GradTensor(name string) (*ts.Tensor, error) {
 	return g, nil
 }
 
+// AddGradSquares adds the square of every trainable initializer's gradient to its
+// running sum, kept in libtorch memory (copying every gradient out per batch doubled
+// the memory of sensitivity scoring on vit_b_16). Initializers backward has not
+// reached add nothing.
+func (p *Program) AddGradSquares() error {
+	if p.gradSq == nil {
+		p.gradSq = map[string]*ts.Tensor{}
+	}
+	for _, name := range p.trainable {
+		g, err := p.gradTensor(name)
+		if err != nil {
+			return err
+		}
+		if g == nil {
+			continue
+		}
+		sq, err := g.Square(false)
+		g.Drop()
+		if err != nil {
+			return fmt.Errorf("grad² of %q: %w", name, torchErr(err))
+		}
+		if a := p.gradSq[name]; a == nil {
+			p.gradSq[name] = sq
+		} else {
+			err = a.Add_(sq)
+			sq.Drop()
+			if err != nil {
+				return fmt.Errorf("grad² of %q: %w", name, torchErr(err))
+			}
+		}
+	}
+	return nil
+}
+
+// GradSquareSum returns a copy of the running sum AddGradSquares keeps for a trainable
+// initializer (zeros if it never had a gradient).
+func (p *Program) GradSquareSum(name string) ([]float32, error) {
+	pr, ok := p.params[name]
+	if !ok || !pr.trainable {
+		return nil, fmt.Errorf("grad² sum: %q is not a trainable initializer", name)
+	}
+	a := p.gradSq[name]
+	if a == nil {
+		return make([]float32, prod(pr.shape)), nil
+	}
+	v, err := copyFloats(a)
+	if err != nil {
+		return nil, fmt.Errorf("grad² sum of %q: %w", name, err)
+	}
+	return v, nil
+}
+
 // ZeroGrad zeroes the gradients of every trainable initializer.
 func (p *Program) ZeroGrad() error {
 	for _, name := range p.trainable {
-		g, err := p.GradTensor(name)
+		g, err := p.gradTensor(name)
 		if err != nil {
 			return fmt.Errorf("zero grad %q: %w", name, err)
 		}
@@ -687,7 +725,7 @@ func (p *Program) SetFloats(name string, v []float32) error {
 	if !ok {
 		return fmt.Errorf("set %q: no float initializer of that name", name)
 	}
-	src, err := TensorFromFloats(v, pr.shape)
+	src, err := tensorFromFloats(v, pr.shape)
 	if err != nil {
 		return fmt.Errorf("set %q: %w", name, err)
 	}
@@ -760,6 +798,10 @@ func (p *Program) Close() {
 	for _, t := range p.hostCache {
 		t.Drop()
 	}
+	for _, t := range p.gradSq {
+		t.Drop()
+	}
+	p.gradSq = nil
 	p.static = nil
 	p.params = map[string]*param{}
 	p.hostCache = nil

@@ -1,7 +1,8 @@
-package train
+package torch
 
 import (
 	"fmt"
+	"github.com/sptctl/sptctl/engine"
 	"os"
 	"path/filepath"
 	"sort"
@@ -36,7 +37,7 @@ func onTorch(t testing.TB, f func() error) {
 	}
 }
 
-const fixtureDir = "../testdata"
+const fixtureDir = "../../testdata"
 
 func fixtureNames(t testing.TB) []string {
 	t.Helper()
@@ -76,12 +77,12 @@ func maxDiff(a, b []float32) (abs, rel float64) {
 
 // runEval runs p in eval mode on x and returns the first output's values and shape.
 func runEval(p *Program, x []float32, shape []int64) ([]float32, []int64, error) {
-	xt, err := TensorFromFloats(x, shape)
+	xt, err := tensorFromFloats(x, shape)
 	if err != nil {
 		return nil, nil, err
 	}
 	defer xt.Drop()
-	outs, err := p.Run(map[string]*ts.Tensor{p.Inputs()[0].Name: xt}, false)
+	outs, err := p.run(map[string]*ts.Tensor{p.Inputs()[0].Name: xt}, false)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -107,7 +108,7 @@ func TestForwardParity(t *testing.T) {
 			t.Run(fmt.Sprintf("%s/nofusion=%v", name, noFusion), func(t *testing.T) {
 				m, x, y := loadFixture(t, name)
 				onTorch(t, func() error {
-					p, err := Compile(m, Options{NoFusion: noFusion})
+					p, err := Compile(m, engine.Options{NoFusion: noFusion})
 					if err != nil {
 						return err
 					}
@@ -162,7 +163,7 @@ func TestDynamicBatch(t *testing.T) {
 			m, x, y := loadFixture(t, name)
 			per := int(prod(x.Shape[1:]))
 			onTorch(t, func() error {
-				p, err := Compile(m, Options{})
+				p, err := Compile(m, engine.Options{})
 				if err != nil {
 					return err
 				}
@@ -207,7 +208,7 @@ func TestParams(t *testing.T) {
 	m, x, _ := loadFixture(t, "tv_op17_dynamic")
 	head := "heads.head.weight"
 	onTorch(t, func() error {
-		p, err := Compile(m, Options{Trainable: []string{head, "heads.head.bias"}})
+		p, err := Compile(m, engine.Options{Trainable: []string{head, "heads.head.bias"}})
 		if err != nil {
 			return err
 		}
@@ -215,7 +216,7 @@ func TestParams(t *testing.T) {
 		if got := p.Trainable(); len(got) != 2 {
 			t.Errorf("Trainable() = %v", got)
 		}
-		if p.Param(head) == nil || p.Param("nope") != nil {
+		if p.paramTensor(head) == nil || p.paramTensor("nope") != nil {
 			t.Error("Param lookup")
 		}
 		if _, err := p.Grad("conv_proj.weight"); err == nil {
@@ -279,7 +280,7 @@ func TestForwardMicroBatches(t *testing.T) {
 	m, x, y := loadFixture(t, "tv_op14_static") // fixed batch 2
 	per := int(prod(x.Shape[1:]))
 	onTorch(t, func() error {
-		p, err := Compile(m, Options{})
+		p, err := Compile(m, engine.Options{})
 		if err != nil {
 			return err
 		}
@@ -301,12 +302,12 @@ func TestForwardMicroBatches(t *testing.T) {
 			t.Errorf("max abs %.3g, rel %.3g", abs, rel)
 		}
 		// Without micro-batching Run refuses another batch size.
-		xt, err := TensorFromFloats(imgs, []int64{3, 1, 28, 28})
+		xt, err := tensorFromFloats(imgs, []int64{3, 1, 28, 28})
 		if err != nil {
 			return err
 		}
 		defer xt.Drop()
-		if _, err := p.Run(map[string]*ts.Tensor{"input": xt}, false); err == nil {
+		if _, err := p.run(map[string]*ts.Tensor{"input": xt}, false); err == nil {
 			t.Error("Run with batch 3 on a batch-2 graph: no error")
 		}
 		return nil
@@ -319,7 +320,7 @@ func TestNoLeaks(t *testing.T) {
 	labels := []int64{3, 7}
 	onTorch(t, func() error {
 		base := len(ts.ExistingTensors)
-		p, err := Compile(m, Options{Trainable: []string{"heads.head.weight", "encoder.layers.encoder_layer_0.mlp.0.weight"}})
+		p, err := Compile(m, engine.Options{Trainable: []string{"heads.head.weight", "encoder.layers.encoder_layer_0.mlp.0.weight"}})
 		if err != nil {
 			return err
 		}
@@ -374,7 +375,7 @@ func TestExternalModel(t *testing.T) {
 	batch, _ := strconv.Atoi(os.Getenv("SPTCTL_PARITY_FB_BATCH"))
 	onTorch(t, func() error {
 		start := time.Now()
-		p, err := Compile(m, Options{})
+		p, err := Compile(m, engine.Options{})
 		if err != nil {
 			return err
 		}
@@ -394,7 +395,7 @@ func TestExternalModel(t *testing.T) {
 		if batch <= 0 {
 			return nil
 		}
-		p, err = Compile(m, Options{Trainable: all})
+		p, err = Compile(m, engine.Options{Trainable: all})
 		if err != nil {
 			return err
 		}
@@ -425,7 +426,7 @@ func TestCompileErrorFrees(t *testing.T) {
 	m, _, _ := loadFixture(t, "tv_op17_dynamic")
 	onTorch(t, func() error {
 		base := len(ts.ExistingTensors)
-		_, err := Compile(m, Options{Trainable: []string{"no.such.weight"}})
+		_, err := Compile(m, engine.Options{Trainable: []string{"no.such.weight"}})
 		if err == nil || !strings.Contains(err.Error(), `trainable "no.such.weight"`) {
 			t.Errorf("error %v", err)
 		}

@@ -1,4 +1,4 @@
-package train
+package torch
 
 // #include "seed.h"
 import "C"
