@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/sptctl/sptctl/internal/scratch"
 	"github.com/sptctl/sptctl/onnxio"
 	"github.com/sptctl/sptctl/onnxio/onnxpb"
 )
@@ -14,6 +15,9 @@ import (
 // exported model, written in a staging folder (its side files beside it, under their
 // final names). An error stops the export and nothing is written.
 type Verify func(modelPath string) error
+
+// StagePrefix starts the names of the staging folders exports write in.
+const StagePrefix = ".sptctl-export-"
 
 // stage is a temporary folder inside the destination folder, where an export is written
 // and verified before its files are renamed into place.
@@ -32,7 +36,9 @@ func newStage(dir string) (*stage, error) {
 	} else if err != nil {
 		return nil, err
 	}
-	tmp, err := os.MkdirTemp(dir, ".sptctl-export-*")
+	// Named after this process: the next export into dir removes the staging folders
+	// of runs that were killed (scratch.Mkdir), not those of concurrent ones.
+	tmp, err := scratch.Mkdir(dir, StagePrefix)
 	if err != nil {
 		s.abort()
 		return nil, err

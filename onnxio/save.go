@@ -12,6 +12,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/sptctl/sptctl/internal/scratch"
 	"github.com/sptctl/sptctl/onnxio/onnxpb"
 )
 
@@ -258,7 +259,9 @@ func realPath(path string) (string, error) {
 // folder, syncing it and renaming it to path. On any error the temporary file is
 // removed and path is left as it was.
 func WriteFileAtomic(path string, write func(io.Writer) error) (err error) {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
+	// The temporary name records this process: a later write of path removes those
+	// of killed runs (scratch.Clean).
+	f, err := scratch.CreateFile(filepath.Dir(path), "."+filepath.Base(path)+".tmp-", "")
 	if err != nil {
 		return err
 	}
