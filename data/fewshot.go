@@ -6,14 +6,18 @@ import (
 	"fmt"
 	"image"
 	"image/png"
+	"io/fs"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+
+	"github.com/sptctl/sptctl/internal/scratch"
 )
 
 // Few-shot tasks FewShot can carve.
@@ -250,7 +254,7 @@ func FewShot(opt FewShotOptions) error {
 	if err := os.MkdirAll(parent, 0o755); err != nil {
 		return fmt.Errorf("fewshot: %w", err)
 	}
-	tmp, err := os.MkdirTemp(parent, filepath.Base(out)+".tmp-*")
+	tmp, err := scratch.Mkdir(parent, filepath.Base(out)+".tmp-")
 	if err != nil {
 		return fmt.Errorf("fewshot: %w", err)
 	}
@@ -385,8 +389,10 @@ func FewShot(opt FewShotOptions) error {
 	return nil
 }
 
-// checkReplaceable returns nil if out does not exist, is an empty folder, or is a
-// complete earlier FewShot output.
+// checkReplaceable returns nil if out does not exist, is an empty folder, or is an
+// earlier FewShot output holding nothing but what FewShot wrote (ManifestFile, the
+// lists it names, images/{train,val,test}/NNNNN.png): files a user added to a task
+// folder are never deleted.
 func checkReplaceable(out string) error {
 	st, err := os.Lstat(out)
 	if errors.Is(err, os.ErrNotExist) {
@@ -405,12 +411,59 @@ func checkReplaceable(out string) error {
 	if len(entries) == 0 {
 		return nil
 	}
-	if st, err := os.Stat(filepath.Join(out, ManifestFile)); err == nil && st.Mode().IsRegular() {
-		return nil
+	b, err := os.ReadFile(filepath.Join(out, ManifestFile))
+	if err != nil {
+		return fmt.Errorf("fewshot: refusing to overwrite %s: it is not empty and not an earlier `sptctl data fewshot` output (no %s); remove it or choose another output folder",
+			out, ManifestFile)
 	}
-	return fmt.Errorf("fewshot: refusing to overwrite %s: it is not empty and not an earlier `sptctl data fewshot` output (no %s); remove it or choose another output folder",
-		out, ManifestFile)
+	var man Manifest
+	if err := json.Unmarshal(b, &man); err != nil || man.Format != "sptctl-fewshot-1" {
+		return fmt.Errorf("fewshot: refusing to overwrite %s: its %s is not one `sptctl data fewshot` wrote; remove it or choose another output folder", out, ManifestFile)
+	}
+	if foreign := foreignFile(out, &man); foreign != "" {
+		return fmt.Errorf("fewshot: refusing to overwrite %s: it holds %s, which `sptctl data fewshot` did not write; move it away or choose another output folder", out, foreign)
+	}
+	return nil
 }
+
+// foreignFile is the first file or folder under out (an earlier FewShot output) that
+// FewShot does not write, or "".
+func foreignFile(out string, man *Manifest) string {
+	ours := map[string]bool{ManifestFile: true, "images": true}
+	for _, l := range man.Lists {
+		ours[l] = true
+	}
+	splits := map[string]bool{"train": true, "val": true, "test": true}
+	foreign := ""
+	filepath.WalkDir(out, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			foreign = path
+			return filepath.SkipAll
+		}
+		rel, _ := filepath.Rel(out, path)
+		parts := strings.Split(filepath.ToSlash(rel), "/")
+		ok := false
+		switch {
+		case rel == ".":
+			return nil
+		case len(parts) == 1:
+			ok = ours[parts[0]] && (parts[0] == "images") == d.IsDir()
+		case len(parts) == 2:
+			ok = parts[0] == "images" && splits[parts[1]] && d.IsDir()
+		case len(parts) == 3:
+			ok = parts[0] == "images" && fewShotImage.MatchString(parts[2]) && d.Type().IsRegular()
+		}
+		if !ok {
+			foreign = path
+			return filepath.SkipAll
+		}
+		return nil
+	})
+	return foreign
+}
+
+// fewShotImage is the name of an image FewShot writes.
+var fewShotImage = regexp.MustCompile(`^[0-9]{5,}\.png$`)
 
 func syncDir(dir string) error {
 	f, err := os.Open(dir)
