@@ -107,6 +107,9 @@ func runAdapterExport(c *cli.Context) error {
 	if dir == "" {
 		return usagef("export: --adapters needs a DIR")
 	}
+	if err := checkExport(c); err != nil {
+		return err
+	}
 	tasks, err := adapterTasks(c)
 	if err != nil {
 		return err

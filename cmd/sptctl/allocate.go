@@ -33,10 +33,14 @@ func allocateCommand() *cli.Command {
 			&cli.Float64Flag{Name: "beta", Usage: "a vector is tuned whole if its sensitive entries ≥ size / beta", Value: 5},
 			&cli.StringFlag{Name: "strategy", Usage: "spt | lora-qv | uniform | bitfit | linear | full", Value: "spt"},
 			&cli.IntFlag{Name: "classes", Usage: "task classes (default: from the scores, else the model's head)"},
+			&cli.BoolFlag{Name: "keep-head", Usage: "count the model's own head (for `inject --keep-head`) instead of a new one"},
 			&cli.StringFlag{Name: "out", Usage: "plan file to write", Value: "plan.json"},
 			&cli.BoolFlag{Name: "json", Usage: "print the summary as JSON"},
 		},
 		Action: func(c *cli.Context) error {
+			if err := checkAllocate(c); err != nil {
+				return err
+			}
 			path := c.String("model")
 			m, err := onnxio.Load(path)
 			if err != nil {
@@ -55,6 +59,13 @@ func allocateCommand() *cli.Command {
 					return usagef("--budget: %v", err)
 				}
 			}
+			if c.Bool("keep-head") {
+				// The model's own head is trained: the plan counts it, for its classes.
+				if c.IsSet("classes") && opt.Classes != v.Head.Out {
+					return usagef("allocate: --keep-head keeps the model's head of %d classes; --classes %d disagrees", v.Head.Out, opt.Classes)
+				}
+				opt.Classes = v.Head.Out
+			}
 			var scores inject.Scores
 			if sp := c.String("scores"); sp != "" {
 				s, info, err := sensitivity.Read(sp)
@@ -67,7 +78,7 @@ func allocateCommand() *cli.Command {
 				scores = s
 				if opt.Classes == 0 {
 					opt.Classes = info.Classes
-				} else if opt.Classes != info.Classes {
+				} else if opt.Classes != info.Classes && !c.Bool("keep-head") {
 					fmt.Fprintf(c.App.ErrWriter, "warning: --classes %d, but the scores were taken with a %d-class head\n", opt.Classes, info.Classes)
 				}
 				opt.HeadSeed = info.HeadSeed

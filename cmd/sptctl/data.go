@@ -32,6 +32,9 @@ func dataCommand() *cli.Command {
 					&cli.StringFlag{Name: "out", Usage: "folder to write", Required: true},
 				},
 				Action: func(c *cli.Context) error {
+					if err := checkFewShot(c); err != nil {
+						return err
+					}
 					var classes []int
 					if s := c.String("classes"); s != "" {
 						var err error

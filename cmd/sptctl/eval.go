@@ -67,8 +67,8 @@ func openSession(c *cli.Context, modelPath string) (s *ort.Session, run func(map
 
 func runEval(c *cli.Context) error {
 	modelPath, dir := c.String("model"), c.String("data")
-	if c.Int("batch-size") < 1 {
-		return usagef("eval: --batch-size must be at least 1")
+	if err := checkEval(c); err != nil {
+		return err
 	}
 	s, runFn, done, err := openSession(c, modelPath)
 	if err != nil {
@@ -280,6 +280,9 @@ func runCommand() *cli.Command {
 			adapterFlag(),
 		},
 		Action: func(c *cli.Context) error {
+			if err := checkRun(c); err != nil {
+				return err
+			}
 			modelPath, inPath, outPath := c.String("model"), c.String("input"), c.String("output")
 			s, runFn, done, err := openSession(c, modelPath)
 			if err != nil {

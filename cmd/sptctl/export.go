@@ -111,8 +111,9 @@ func runExport(c *cli.Context) error {
 		return usagef("export: --sidecar needs --task NAME")
 	case dir != "" && out != "":
 		return usagef("export: --out goes with --merge (--sidecar writes DIR/NAME.onnx)")
-	case c.Int("samples") < 1:
-		return usagef("export: --samples must be at least 1")
+	}
+	if err := checkExport(c); err != nil {
+		return err
 	}
 	if dir != "" {
 		if err := export.CheckTaskName(task); err != nil {

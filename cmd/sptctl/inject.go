@@ -29,6 +29,9 @@ func injectCommand() *cli.Command {
 			&cli.StringFlag{Name: "out", Usage: "injected model to write", Value: "tunable.onnx"},
 		},
 		Action: func(c *cli.Context) error {
+			if err := checkInject(c); err != nil {
+				return err
+			}
 			m, err := onnxio.Load(c.String("model"))
 			if err != nil {
 				return err

@@ -6,20 +6,15 @@
 package main
 
 import (
-	"errors"
 	"fmt"
 	"io"
 	"os"
-	"strings"
 	"syscall"
 
 	"github.com/urfave/cli/v2"
+
+	"github.com/sptctl/sptctl/export/ort"
 )
-
-// usageError marks a mistake in how sptctl was called (exit code 2).
-type usageError struct{ error }
-
-func usagef(format string, a ...any) error { return usageError{fmt.Errorf(format, a...)} }
 
 func newApp() *cli.App {
 	return &cli.App{
@@ -28,14 +23,26 @@ func newApp() *cli.App {
 		Description: "sptctl scores which weights of a pretrained ViT matter for a new task, puts a\n" +
 			"trainable-parameter budget there (LoRA or Adapter modules, sparse deltas), trains\n" +
 			"them with libtorch and exports ONNX models that ONNX Runtime serves.\n\n" +
-			"Progress goes to stderr; results to stdout (--json for scripts). Exit codes:\n" +
-			"0 success, 1 failure, 2 bad usage, 130 interrupted.",
+			"Progress goes to stderr; results to stdout (--json for scripts). Flags may come\n" +
+			"before or after arguments; after \"--\" everything is an argument. Exit codes,\n" +
+			"the same for every command: 0 success, 1 bad input or failed check, 2 bad usage\n" +
+			"(unknown command or flag, bad flag value), 130 interrupted.",
+		Flags: []cli.Flag{
+			&cli.BoolFlag{Name: "verbose", Usage: "also show ONNX Runtime's own log (warnings and errors)"},
+		},
+		Before: func(c *cli.Context) error {
+			ort.SetVerbose(c.Bool("verbose"))
+			return nil
+		},
 		HideHelpCommand:        false,
 		UseShortOptionHandling: true,
 		Commands:               commands(),
 		OnUsageError: func(c *cli.Context, err error, _ bool) error {
 			return usageError{err}
 		},
+		// Errors come back from Run: run prints them and chooses the exit code (the
+		// default handler would exit the process itself).
+		ExitErrHandler: func(*cli.Context, error) {},
 	}
 }
 
@@ -66,18 +73,14 @@ func passiveOpenMP() {
 func run(args []string, stdout, stderr io.Writer) int {
 	app := newApp()
 	app.Writer, app.ErrWriter = stdout, stderr
-	err := app.Run(args)
+	args, err := reorderArgs(app, args)
 	if err == nil {
-		return 0
+		err = app.Run(args)
 	}
-	fmt.Fprintf(stderr, "sptctl: %v\n", err)
-	var u usageError
-	if errors.As(err, &u) || strings.HasPrefix(err.Error(), "Required flag") {
-		return 2
+	if err == nil {
+		return exitOK
 	}
-	var ec cli.ExitCoder
-	if errors.As(err, &ec) {
-		return ec.ExitCode()
-	}
-	return 1
+	removeCreatedDirs(app)
+	fmt.Fprintf(stderr, "sptctl: %v\n", oneLine(err))
+	return exitCode(err)
 }

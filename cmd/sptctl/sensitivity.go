@@ -55,6 +55,9 @@ type sensitivityReport struct {
 }
 
 func runSensitivity(c *cli.Context) (*sensitivityReport, error) {
+	if err := checkSensitivity(c); err != nil {
+		return nil, err
+	}
 	path := c.String("model")
 	m, _, v, err := loadViT(path)
 	if err != nil {
@@ -97,7 +100,8 @@ func runSensitivity(c *cli.Context) (*sensitivityReport, error) {
 	}
 	fmt.Fprintf(c.App.ErrWriter, "wrote %s (%d batches, %d images)\n", c.String("out"), info.Batches, info.Examples)
 	if p := c.String("plot"); p != "" {
-		if err := sum.Plot(p, fmt.Sprintf("sensitive weights of %s", c.String("data"))); err != nil {
+		title := fmt.Sprintf("sensitive weights of %s", c.String("data"))
+		if err := writeVia(p, func(tmp string) error { return sum.Plot(tmp, title) }); err != nil {
 			return nil, err
 		}
 		fmt.Fprintf(c.App.ErrWriter, "wrote %s\n", p)

@@ -72,6 +72,9 @@ type trainReport struct {
 }
 
 func runTrain(c *cli.Context) (*trainReport, error) {
+	if err := checkTrain(c); err != nil {
+		return nil, err
+	}
 	path := c.String("model")
 	m, in, classes, err := loadModel(path)
 	if err != nil {

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"os"
 	"path/filepath"
 	"strings"
 	"time"
@@ -85,9 +84,6 @@ type stageTime struct {
 
 func runTune(c *cli.Context) error {
 	dir := c.String("out")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
-	}
 	file := func(name string) string { return filepath.Join(dir, name) }
 	task := c.String("task")
 	if task == "" {
@@ -97,6 +93,9 @@ func runTune(c *cli.Context) error {
 			}
 			return '_'
 		}, filepath.Base(filepath.Clean(c.String("data"))))
+	}
+	if err := checkTune(c, task); err != nil {
+		return err
 	}
 	model, dataDir, seed := c.String("model"), c.String("data"), fmt.Sprint(c.Int64("seed"))
 	r := &tuneReport{Model: model, Data: dataDir, Out: dir, Strategy: c.String("strategy"), Type: c.String("type"),

@@ -56,7 +56,17 @@ var (
 	initMu   sync.Mutex
 	initDone bool
 	initLib  string
+	verbose  bool
 )
+
+// SetVerbose makes ONNX Runtime's own log show warnings and errors (on stderr, in its
+// own format). By default only fatal messages show: sptctl reports every error itself,
+// in one line. It takes effect if called before the first Init.
+func SetVerbose(on bool) {
+	initMu.Lock()
+	defer initMu.Unlock()
+	verbose = on
+}
 
 // Init loads ONNX Runtime. It is idempotent and safe to call from several
 // goroutines. The library is, in order: $SPTCTL_ORT_LIB; the first
@@ -74,7 +84,11 @@ func Init() error {
 		return err
 	}
 	onnxruntime.SetSharedLibraryPath(lib)
-	if err := onnxruntime.InitializeEnvironment(onnxruntime.WithLogLevelError()); err != nil {
+	level := onnxruntime.WithLogLevelFatal()
+	if verbose {
+		level = onnxruntime.WithLogLevelWarning()
+	}
+	if err := onnxruntime.InitializeEnvironment(level); err != nil {
 		return fmt.Errorf("ort: loading ONNX Runtime from %s: %w (it must be 1.24 or newer; %s)", lib, err, howToFix)
 	}
 	initDone, initLib = true, lib
