@@ -75,42 +75,11 @@ const Prefix = "spt/"
 // topologically. All checks (plan for this model, sizes, indices, options) run before
 // the model is changed: on such an error m is untouched.
 func Apply(m *onnxpb.ModelProto, p *Plan, opt ApplyOptions) error {
-	if err := p.validate(); err != nil {
-		return err
-	}
-	opset := onnxio.Opset(m)
-	if opset < 11 {
-		return fmt.Errorf("inject: opset %d is too old; ScatterND and Pad need opset 11 or newer", opset)
-	}
-	fp, err := onnxio.Fingerprint(m.GetGraph())
+	in, err := check(m, p, opt)
 	if err != nil {
 		return err
 	}
-	if err := p.Check(fp); err != nil {
-		return err
-	}
-	if !(opt.Dropout >= 0 && opt.Dropout < 1) {
-		return fmt.Errorf("inject: dropout ratio %g not in [0, 1)", opt.Dropout)
-	}
-	classes := p.Head.Classes
-	if opt.Classes != 0 && opt.Classes != classes {
-		return fmt.Errorf("inject: %d classes asked, but the plan was made for %d (its budget counts the head); allocate again with --classes %d", opt.Classes, classes, opt.Classes)
-	}
-	g := surgery.New(m)
-	v, err := surgery.FindViT(g)
-	if err != nil {
-		return err
-	}
-	in := &injector{g: g, v: v, p: p, opt: opt, opset: opset, trainable: map[string]bool{}, dropouts: map[string]string{}, consts: map[string]string{}}
-	if err := in.prepare(); err != nil {
-		return err
-	}
-	if opt.KeepHead && v.Head.Out != classes {
-		return fmt.Errorf("inject: --keep-head needs a plan for the model's %d classes, this one is for %d", v.Head.Out, classes)
-	}
-	if v.Head.In != p.Head.In {
-		return fmt.Errorf("inject: the model's head has %d inputs, the plan's %d", v.Head.In, p.Head.In)
-	}
+	g, classes := in.g, p.Head.Classes
 	if err := in.run(); err != nil {
 		return fmt.Errorf("inject: %w", err)
 	}

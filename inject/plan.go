@@ -245,6 +245,9 @@ func (p *Plan) validate() error {
 	if p.BaseFingerprint == "" {
 		return errors.New("plan has no base_fingerprint")
 	}
+	if err := p.checkSizes(); err != nil {
+		return err
+	}
 	for _, l := range p.Layers {
 		var want int64
 		switch l.Mode {

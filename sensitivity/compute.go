@@ -39,6 +39,9 @@ func Compute(ctx context.Context, e engine.Engine, m *onnxpb.ModelProto, split *
 	if opt.Classes < 2 {
 		return nil, Info{}, fmt.Errorf("sensitivity: the task needs at least 2 classes, got %d", opt.Classes)
 	}
+	if err := inject.CheckClasses("sensitivity: classes", opt.Classes); err != nil {
+		return nil, Info{}, err
+	}
 	fp, err := onnxio.Fingerprint(m.GetGraph())
 	if err != nil {
 		return nil, Info{}, err

@@ -2,8 +2,12 @@ package sensitivity
 
 import (
 	"fmt"
+	"math"
+	"slices"
+	"sort"
 	"strconv"
 
+	"github.com/sptctl/sptctl/inject"
 	"github.com/sptctl/sptctl/internal/safetensors"
 	"github.com/sptctl/sptctl/onnxio"
 	"github.com/sptctl/sptctl/onnxio/onnxpb"
@@ -21,6 +25,9 @@ type Info struct {
 	Batches     int    // batches accumulated
 	BatchSize   int
 	Examples    int // images seen
+	// Shapes holds each score tensor's shape as the file states it (Read fills it;
+	// CheckModel compares it with the model's initializers).
+	Shapes map[string][]int64
 }
 
 // Write stores scores and info as safetensors at path (atomically); shapes come from
@@ -67,14 +74,36 @@ func Read(path string) (Scores, Info, error) {
 		}
 		return n
 	}
-	info.Classes, info.HeadSeed = int(num("classes")), num("head_seed")
-	info.Batches, info.BatchSize, info.Examples = int(num("batches")), int(num("batch_size")), int(num("examples"))
+	classes := num("classes")
+	info.HeadSeed = num("head_seed")
+	batches, batchSize, examples := num("batches"), num("batch_size"), num("examples")
 	if err != nil {
 		return nil, Info{}, err
 	}
+	if classes < 1 || classes > inject.MaxClasses {
+		return nil, Info{}, fmt.Errorf("read %s: metadata classes = %d: want a class count from 1 to %d", path, classes, inject.MaxClasses)
+	}
+	if batches < 0 || batchSize < 0 || examples < 0 || batches > math.MaxInt32 || batchSize > math.MaxInt32 || examples > math.MaxInt32 {
+		return nil, Info{}, fmt.Errorf("read %s: metadata batches, batch_size or examples out of range", path)
+	}
+	info.Classes, info.Batches, info.BatchSize, info.Examples = int(classes), int(batches), int(batchSize), int(examples)
+	names := make([]string, 0, len(f.Tensors))
+	for name := range f.Tensors {
+		names = append(names, name)
+	}
+	sort.Strings(names) // the first bad tensor reported is the same every time
 	s := Scores{}
-	for name, t := range f.Tensors {
+	info.Shapes = map[string][]int64{}
+	for _, name := range names {
+		t := f.Tensors[name]
+		for i, x := range t.Data {
+			// A sensitivity is a sum of squared gradients: finite and never negative.
+			if math.IsNaN(float64(x)) || math.IsInf(float64(x), 0) || x < 0 {
+				return nil, Info{}, fmt.Errorf("read %s: tensor %q: score %d is %v; scores are sums of squares, finite and not negative", path, name, i, x)
+			}
+		}
 		s[name] = t.Data
+		info.Shapes[name] = t.Shape
 	}
 	return s, info, nil
 }
@@ -87,6 +116,27 @@ func (info Info) CheckModel(path string, m *onnxpb.ModelProto) error {
 	}
 	if fp != info.Fingerprint {
 		return fmt.Errorf("the scores were computed on another model (fingerprint %.19s…, %s has %.19s…)", info.Fingerprint, path, fp)
+	}
+	inits := map[string]*onnxpb.TensorProto{}
+	for _, t := range m.GetGraph().GetInitializer() {
+		inits[t.GetName()] = t
+	}
+	names := make([]string, 0, len(info.Shapes))
+	for name := range info.Shapes {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		shape := info.Shapes[name]
+		t := inits[name]
+		switch {
+		case t == nil:
+			return fmt.Errorf("tensor %q: %s has no such initializer", name, path)
+		case t.GetDataType() != onnxio.Float:
+			return fmt.Errorf("tensor %q: initializer in %s is %s, scores are for FLOAT weights", name, path, onnxpb.TensorProto_DataType(t.GetDataType()))
+		case !slices.Equal(shape, t.Dims):
+			return fmt.Errorf("tensor %q: scores of shape %v, but the initializer in %s has shape %v", name, shape, path, t.Dims)
+		}
 	}
 	return nil
 }
