@@ -13,7 +13,7 @@ export SPTCTL_ORT_LIB
 
 GO ?= go
 
-.PHONY: setup build test demo clean distclean
+.PHONY: setup build test demo fuzz clean distclean
 
 setup:
 	./scripts/setup.sh
@@ -27,6 +27,11 @@ test: setup
 
 demo: build
 	./scripts/demo.sh
+
+# fuzz runs every fuzz target (found with go test -list '^Fuzz') for FUZZTIME each.
+FUZZTIME ?= 30s
+fuzz: setup
+	FUZZTIME=$(FUZZTIME) ./scripts/fuzz.sh
 
 # clean removes build outputs; distclean also what setup fetched and patched.
 clean:

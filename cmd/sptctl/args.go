@@ -82,6 +82,9 @@ func reorderArgs(app *cli.App, args []string) ([]string, error) {
 		}
 		positional = append(positional, a)
 	}
+	if len(positional) > 0 && cmd.ArgsUsage == "" && len(cmd.Subcommands) == 0 && !slices.ContainsFunc(flags, isHelp) {
+		return nil, usagef("%s takes no arguments, got %q (every input is a flag: --model FILE, ...)", strings.Join(path, " "), positional[0])
+	}
 	// Global flags given after the command go before it, where the parser reads them.
 	var own []string
 	for i := 0; i < len(flags); i++ {
@@ -105,6 +108,9 @@ func reorderArgs(app *cli.App, args []string) ([]string, error) {
 
 // isFlag says whether a command-line word is a flag ("-x", "--name", "--name=v").
 func isFlag(a string) bool { return len(a) > 1 && a[0] == '-' && a != "--" }
+
+// isHelp says whether a flag word asks for help.
+func isHelp(a string) bool { n := flagName(a); return n == "help" || n == "h" }
 
 // flagName is the name of a flag word, without dashes and "=value".
 func flagName(a string) string {

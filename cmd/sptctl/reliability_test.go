@@ -153,10 +153,17 @@ func TestFlagsAnywhere(t *testing.T) {
 	// Every command reads its flags after a stray argument too, and refuses the argument.
 	for _, cmd := range commands() {
 		for _, leaf := range leaves(cmd) {
-			args := append(strings.Fields(leaf), "stray", "--bogus-flag")
+			args := append(strings.Fields(leaf), "--bogus-flag")
 			code, _, stderr := sptctl(t, args...)
 			if code != 2 || !strings.Contains(stderr, "bogus-flag") {
 				t.Errorf("%v: exit %d, %q; want exit 2 naming the unknown flag", args, code, stderr)
+			}
+			if leaf != "inspect" {
+				args = append(strings.Fields(leaf), "stray", "--json")
+				code, _, stderr = sptctl(t, args...)
+				if code != 2 || !strings.Contains(stderr, `"stray"`) {
+					t.Errorf("%v: exit %d, %q; want exit 2 naming the stray argument", args, code, stderr)
+				}
 			}
 			args = append(strings.Fields(leaf), "--help")
 			if code, _, stderr := sptctl(t, args...); code != 0 {
