@@ -9,7 +9,6 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/sptctl/sptctl/inject"
-	"github.com/sptctl/sptctl/onnxio"
 	"github.com/sptctl/sptctl/sensitivity"
 	"github.com/sptctl/sptctl/surgery"
 )
@@ -42,14 +41,9 @@ func allocateCommand() *cli.Command {
 				return err
 			}
 			path := c.String("model")
-			m, err := onnxio.Load(path)
+			m, g, v, err := loadViT(path)
 			if err != nil {
 				return err
-			}
-			g := surgery.New(m)
-			v, err := surgery.FindViT(g)
-			if err != nil {
-				return fmt.Errorf("%s: %w", path, err)
 			}
 			opt := inject.DefaultOptions()
 			opt.Type, opt.Strategy = inject.Type(c.String("type")), inject.Strategy(c.String("strategy"))
@@ -66,33 +60,24 @@ func allocateCommand() *cli.Command {
 				}
 				opt.Classes = v.Head.Out
 			}
-			var scores inject.Scores
+			var scores sensitivity.Scores
+			var info *sensitivity.Info
 			if sp := c.String("scores"); sp != "" {
-				s, info, err := sensitivity.Read(sp)
+				s, in, err := sensitivity.Read(sp)
 				if err != nil {
 					return err
 				}
-				if err := info.CheckModel(path, m); err != nil {
+				if err := in.CheckModel(path, m); err != nil {
 					return fmt.Errorf("%s: %w", sp, err)
 				}
-				scores = s
-				if opt.Classes == 0 {
-					opt.Classes = info.Classes
-				} else if opt.Classes != info.Classes && !c.Bool("keep-head") {
-					fmt.Fprintf(c.App.ErrWriter, "warning: --classes %d, but the scores were taken with a %d-class head\n", opt.Classes, info.Classes)
-				}
-				opt.HeadSeed = info.HeadSeed
+				scores, info = s, &in
 			} else if opt.Strategy == inject.SPT {
 				return usagef("allocate: --scores is needed for --strategy spt (run `sptctl sensitivity` first)")
 			}
-			p, err := inject.Allocate(v, g, scores, opt)
+			p, err := allocatePlan(c.App.ErrWriter, g, v, scores, info, opt, c.Bool("keep-head"), c.String("out"))
 			if err != nil {
 				return err
 			}
-			if err := inject.SavePlan(c.String("out"), p); err != nil {
-				return err
-			}
-			fmt.Fprintf(c.App.ErrWriter, "wrote %s\n", c.String("out"))
 			if c.Bool("json") {
 				return writeJSON(c.App.Writer, p.Summary())
 			}
@@ -100,6 +85,33 @@ func allocateCommand() *cli.Command {
 			return nil
 		},
 	}
+}
+
+// allocatePlan is the allocate stage: the plan for v (graph g) from scores taken with
+// info's head (both nil for the baselines), saved to out. keepHead: the plan trains
+// the model's own head (opt.Classes is its size).
+func allocatePlan(log io.Writer, g *surgery.Graph, v *surgery.ViT, scores sensitivity.Scores, info *sensitivity.Info, opt inject.Options, keepHead bool, out string) (*inject.Plan, error) {
+	if info != nil {
+		if opt.Classes == 0 {
+			opt.Classes = info.Classes
+		} else if opt.Classes != info.Classes && !keepHead {
+			fmt.Fprintf(log, "warning: --classes %d, but the scores were taken with a %d-class head\n", opt.Classes, info.Classes)
+		}
+		opt.HeadSeed = info.HeadSeed
+	}
+	var s inject.Scores
+	if scores != nil {
+		s = inject.Scores(scores)
+	}
+	p, err := inject.Allocate(v, g, s, opt)
+	if err != nil {
+		return nil, err
+	}
+	if err := inject.SavePlan(out, p); err != nil {
+		return nil, err
+	}
+	fmt.Fprintf(log, "wrote %s\n", out)
+	return p, nil
 }
 
 // printPlan writes a plan as a block × layer table of modes and parameter counts.

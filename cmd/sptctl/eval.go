@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -75,27 +76,6 @@ func runEval(c *cli.Context) error {
 		return err
 	}
 	defer done()
-	in, err := imageInput(s)
-	if err != nil {
-		return fmt.Errorf("%s: %w", modelPath, err)
-	}
-	md, err := readMetadata(modelPath)
-	if err != nil {
-		return err
-	}
-	var p meta.Preprocess
-	raw, ok := md[meta.KeyPreprocess]
-	if ok {
-		if err := json.Unmarshal([]byte(raw), &p); err != nil {
-			return fmt.Errorf("%s: metadata %s: %w", modelPath, meta.KeyPreprocess, err)
-		}
-	}
-	p, how, err := choosePreprocess(p, ok, in)
-	if err != nil {
-		return fmt.Errorf("%s: %w", modelPath, err)
-	}
-	fmt.Fprintf(c.App.ErrWriter, "preprocessing: %s\n", how)
-
 	ds, err := data.Open(dir)
 	if err != nil {
 		return err
@@ -104,31 +84,81 @@ func runEval(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	bs := 0
+	if c.IsSet("batch-size") {
+		bs = c.Int("batch-size")
+	}
+	res, err := evaluate(c.Context, c.App.ErrWriter, s, runFn, modelPath, ds, split, dir, bs)
+	if err != nil {
+		return err
+	}
+	if c.Bool("json") {
+		return writeJSON(c.App.Writer, res)
+	}
+	fmt.Fprintf(c.App.Writer, "top-1 %.4f (%d/%d) on %s\n", res.Top1, res.Correct, res.N, res.Split)
+	return nil
+}
+
+// evalFile is the eval stage on a model file without an adapter.
+func evalFile(ctx context.Context, log io.Writer, modelPath string, ds *data.Dataset, split *data.Split, dir string) (*evalResult, error) {
+	s, err := ort.Open(modelPath)
+	if err != nil {
+		return nil, err
+	}
+	defer s.Close()
+	return evaluate(ctx, log, s, s.Run, modelPath, ds, split, dir, 0)
+}
+
+// evaluate is the eval stage: the top-1 accuracy of the model open in s (run runs it)
+// on a split of the data set ds (folder dir), in batches of bs (0: 64) or the model's
+// fixed batch size.
+func evaluate(ctx context.Context, log io.Writer, s *ort.Session, runFn func(map[string]ort.Tensor) (map[string]ort.Tensor, error), modelPath string, ds *data.Dataset, split *data.Split, dir string, bs int) (*evalResult, error) {
+	in, err := imageInput(s)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", modelPath, err)
+	}
+	md, err := readMetadata(modelPath)
+	if err != nil {
+		return nil, err
+	}
+	var p meta.Preprocess
+	raw, ok := md[meta.KeyPreprocess]
+	if ok {
+		if err := json.Unmarshal([]byte(raw), &p); err != nil {
+			return nil, fmt.Errorf("%s: metadata %s: %w", modelPath, meta.KeyPreprocess, err)
+		}
+	}
+	p, how, err := choosePreprocess(p, ok, in)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", modelPath, err)
+	}
+	fmt.Fprintf(log, "preprocessing: %s\n", how)
 	if split.Len() == 0 {
-		return fmt.Errorf("data %s: split %s is empty", dir, split.SplitName())
+		return nil, fmt.Errorf("data %s: split %s is empty", dir, split.SplitName())
 	}
 	out := s.Outputs()[0]
 	classes := int64(ds.NumClasses())
 	if len(out.Shape) == 2 && out.Shape[1] > 0 && classes > out.Shape[1] {
-		return fmt.Errorf("data %s has %d classes, but %s's head has %d outputs; evaluate it on a data set of its task", dir, classes, modelPath, out.Shape[1])
+		return nil, fmt.Errorf("data %s has %d classes, but %s's head has %d outputs; evaluate it on a data set of its task", dir, classes, modelPath, out.Shape[1])
 	}
-	bs := c.Int("batch-size")
 	if in.Batch > 0 {
-		if c.IsSet("batch-size") && int64(bs) != in.Batch {
-			fmt.Fprintf(c.App.ErrWriter, "the model has a fixed batch size of %d; using it\n", in.Batch)
+		if bs > 0 && int64(bs) != in.Batch {
+			fmt.Fprintf(log, "the model has a fixed batch size of %d; using it\n", in.Batch)
 		}
 		bs = int(in.Batch)
+	} else if bs == 0 {
+		bs = 64
 	}
 	start := time.Now()
 	loader := data.NewLoader(split, p, bs, false, 0, 0)
-	batches := loader.Epoch(c.Context, 0, 0)
+	batches := loader.Epoch(ctx, 0, 0)
 	defer batches.Close()
 	size := data.TensorSize(p)
-	res := evalResult{Split: split.SplitName(), Model: modelPath}
+	res := &evalResult{Split: split.SplitName(), Model: modelPath}
 	for {
 		b, ok, err := batches.Next()
 		if err != nil {
-			return err
+			return nil, err
 		}
 		if !ok {
 			break
@@ -141,15 +171,15 @@ func runEval(c *cli.Context) error {
 		}
 		y, err := runFn(map[string]ort.Tensor{in.Name: x})
 		if err != nil {
-			return err
+			return nil, err
 		}
 		logits := y[out.Name]
 		if len(logits.Shape) != 2 || logits.Shape[0] != x.Shape[0] || logits.Data == nil {
-			return fmt.Errorf("%s: output %s has shape %v; want [batch classes] float32 logits", modelPath, out.Name, logits.Shape)
+			return nil, fmt.Errorf("%s: output %s has shape %v; want [batch classes] float32 logits", modelPath, out.Name, logits.Shape)
 		}
 		k := logits.Shape[1]
 		if classes > k {
-			return fmt.Errorf("data %s has %d classes, but %s's head has %d outputs; evaluate it on a data set of its task", dir, classes, modelPath, k)
+			return nil, fmt.Errorf("data %s has %d classes, but %s's head has %d outputs; evaluate it on a data set of its task", dir, classes, modelPath, k)
 		}
 		for i := int64(0); i < rows; i++ {
 			row := logits.Data[i*k : (i+1)*k]
@@ -161,12 +191,8 @@ func runEval(c *cli.Context) error {
 	}
 	res.Top1 = float64(res.Correct) / float64(res.N)
 	el := time.Since(start)
-	fmt.Fprintf(c.App.ErrWriter, "evaluated %d images in %.1fs (%.0f images/s)\n", res.N, el.Seconds(), float64(res.N)/el.Seconds())
-	if c.Bool("json") {
-		return writeJSON(c.App.Writer, res)
-	}
-	fmt.Fprintf(c.App.Writer, "top-1 %.4f (%d/%d) on %s\n", res.Top1, res.Correct, res.N, res.Split)
-	return nil
+	fmt.Fprintf(log, "evaluated %d images in %.1fs (%.0f images/s)\n", res.N, el.Seconds(), float64(res.N)/el.Seconds())
+	return res, nil
 }
 
 // readMetadata reads a model file's metadata_props (ModelProto field 14) without

@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"io"
 	"math"
 	"math/rand/v2"
 	"path/filepath"
@@ -140,51 +141,24 @@ func runExport(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	refs := make([]ort.Tensor, len(xs))
-	for i, x := range xs {
-		if refs[i], err = ortRun(modelPath, x); err != nil {
-			return fmt.Errorf("parity check: %w", err)
-		}
+	pc, err := checkTrained(c.App.ErrWriter, modelPath, xs)
+	if err != nil {
+		return err
 	}
 	res := &exportResult{Model: modelPath, Base: basePath}
-	for _, pc := range parityCheckers {
-		r, err := compareRuns(pc.Name+" on "+modelPath, xs, refs, func(x ort.Tensor) (ort.Tensor, error) { return pc.Run(modelPath, x) })
-		if err != nil {
-			return err
-		}
-		fmt.Fprintf(c.App.ErrWriter, "parity: %s vs ONNX Runtime on %s: max |a−b| %.3g, relative %.3g\n", pc.Name, modelPath, r.MaxAbs, r.Rel)
-		res.Parity = append(res.Parity, r)
-	}
-	verify := func(staged string) error {
-		r, err := compareRuns("ONNX Runtime on the exported model", xs, refs, func(x ort.Tensor) (ort.Tensor, error) { return ortRun(staged, x) })
-		if err != nil {
-			return err
-		}
-		fmt.Fprintf(c.App.ErrWriter, "parity: ONNX Runtime on the export vs on %s: max |a−b| %.3g, relative %.3g (%d inputs)\n", modelPath, r.MaxAbs, r.Rel, r.Inputs)
-		res.Parity = append(res.Parity, r)
-		return nil
-	}
-
 	if merge {
 		res.Mode, res.Out = "merge", out
-		rep, err := export.Merge(m, base)
-		if err != nil {
+		if res.Merge, err = exportMerged(c.App.ErrWriter, m, base, out, pc); err != nil {
 			return err
 		}
-		res.Merge = rep
-		if err := export.SaveVerified(out, m, verify); err != nil {
-			return err
-		}
-		fmt.Fprintf(c.App.ErrWriter, "wrote %s\n", out)
 	} else {
 		res.Mode = "sidecar"
-		rep, err := export.SidecarWith(m, base, dir, task, export.SidecarOptions{Verify: verify})
-		if err != nil {
+		if res.Sidecar, err = exportSidecar(c.App.ErrWriter, m, base, dir, task, pc); err != nil {
 			return err
 		}
-		res.Sidecar, res.Out = rep, rep.Model
-		fmt.Fprintf(c.App.ErrWriter, "wrote %s\n", rep.Model)
+		res.Out = res.Sidecar.Model
 	}
+	res.Parity = pc.results
 	if c.Bool("json") {
 		return writeJSON(c.App.Writer, res)
 	}
@@ -194,6 +168,71 @@ func runExport(c *cli.Context) error {
 		fmt.Fprintf(c.App.Writer, "sidecar of %s\n%s", modelPath, res.Sidecar)
 	}
 	return nil
+}
+
+// parity is ONNX Runtime's output on the trained model for the parity inputs, which
+// every export of that model is checked against, and the checks done so far.
+type parity struct {
+	log      io.Writer
+	model    string // the trained model's file
+	xs, refs []ort.Tensor
+	results  []parityResult
+}
+
+// checkTrained runs ONNX Runtime and every registered checker on the trained model at
+// modelPath: they must agree before anything is exported.
+func checkTrained(log io.Writer, modelPath string, xs []ort.Tensor) (*parity, error) {
+	p := &parity{log: log, model: modelPath, xs: xs, refs: make([]ort.Tensor, len(xs))}
+	for i, x := range xs {
+		var err error
+		if p.refs[i], err = ortRun(modelPath, x); err != nil {
+			return nil, fmt.Errorf("parity check: %w", err)
+		}
+	}
+	for _, pc := range parityCheckers {
+		r, err := compareRuns(pc.Name+" on "+modelPath, xs, p.refs, func(x ort.Tensor) (ort.Tensor, error) { return pc.Run(modelPath, x) })
+		if err != nil {
+			return nil, err
+		}
+		fmt.Fprintf(log, "parity: %s vs ONNX Runtime on %s: max |a−b| %.3g, relative %.3g\n", pc.Name, modelPath, r.MaxAbs, r.Rel)
+		p.results = append(p.results, r)
+	}
+	return p, nil
+}
+
+// verify checks an export staged at path against the trained model.
+func (p *parity) verify(staged string) error {
+	r, err := compareRuns("ONNX Runtime on the exported model", p.xs, p.refs, func(x ort.Tensor) (ort.Tensor, error) { return ortRun(staged, x) })
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(p.log, "parity: ONNX Runtime on the export vs on %s: max |a−b| %.3g, relative %.3g (%d inputs)\n", p.model, r.MaxAbs, r.Rel, r.Inputs)
+	p.results = append(p.results, r)
+	return nil
+}
+
+// exportMerged is the merge export: m (changed: it becomes the merged model) folded
+// into base's graph, written to out once parity-checked.
+func exportMerged(log io.Writer, m, base *onnxpb.ModelProto, out string, p *parity) (*export.MergeReport, error) {
+	rep, err := export.Merge(m, base)
+	if err != nil {
+		return nil, err
+	}
+	if err := export.SaveVerified(out, m, p.verify); err != nil {
+		return nil, err
+	}
+	fmt.Fprintf(log, "wrote %s\n", out)
+	return rep, nil
+}
+
+// exportSidecar is the sidecar export of m (not changed) against base into dir.
+func exportSidecar(log io.Writer, m, base *onnxpb.ModelProto, dir, task string, p *parity) (*export.SidecarReport, error) {
+	rep, err := export.SidecarWith(m, base, dir, task, export.SidecarOptions{Verify: p.verify})
+	if err != nil {
+		return nil, err
+	}
+	fmt.Fprintf(log, "wrote %s\n", rep.Model)
+	return rep, nil
 }
 
 // loadBase loads the base model (--base, or the path inject recorded) and checks that it
@@ -230,6 +269,12 @@ func loadBase(c *cli.Context, m *onnxpb.ModelProto, modelPath string) (string, *
 // parityInputs are the batches the parity check runs: --samples images of --data (the
 // model's preprocessing), or seeded random ones, in the model's batch size.
 func parityInputs(c *cli.Context, m *onnxpb.ModelProto, modelPath string) ([]ort.Tensor, error) {
+	return parityBatches(c.App.ErrWriter, m, modelPath, c.String("data"), c.String("split"), c.Int("samples"))
+}
+
+// parityBatches are n parity inputs for the model m at modelPath: images of split of
+// the data folder dir (none: seeded random inputs).
+func parityBatches(log io.Writer, m *onnxpb.ModelProto, modelPath, dir, split string, n int) ([]ort.Tensor, error) {
 	s, err := ort.Open(modelPath)
 	if err != nil {
 		return nil, err
@@ -239,14 +284,13 @@ func parityInputs(c *cli.Context, m *onnxpb.ModelProto, modelPath string) ([]ort
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", modelPath, err)
 	}
-	n := c.Int("samples")
-	if dir := c.String("data"); dir != "" {
+	if dir != "" {
 		p, how, err := modelPreprocess(m, in)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", modelPath, err)
 		}
-		fmt.Fprintf(c.App.ErrWriter, "parity samples: %d images of %s, split %s; preprocessing %s\n", n, dir, c.String("split"), how)
-		return dataBatches(dir, c.String("split"), p, in, n)
+		fmt.Fprintf(log, "parity samples: %d images of %s, split %s; preprocessing %s\n", n, dir, split, how)
+		return dataBatches(dir, split, p, in, n)
 	}
 	rng := rand.New(rand.NewPCG(0x5350, 0x54))
 	var xs []ort.Tensor

@@ -8,6 +8,8 @@ import (
 
 	"github.com/sptctl/sptctl/inject"
 	"github.com/sptctl/sptctl/onnxio"
+	"github.com/sptctl/sptctl/onnxio/onnxpb"
+	"github.com/sptctl/sptctl/surgery"
 )
 
 func injectCommand() *cli.Command {
@@ -40,31 +42,43 @@ func injectCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			fp, err := onnxio.Fingerprint(m.Graph)
-			if err != nil {
-				return err
-			}
-			if err := p.Check(fp); err != nil {
-				return fmt.Errorf("%s: %w", c.String("plan"), err)
-			}
 			base, err := filepath.Abs(c.String("model"))
 			if err != nil {
 				return err
 			}
 			opt := inject.ApplyOptions{Classes: c.Int("classes"), KeepHead: c.Bool("keep-head"), Seed: c.Int64("seed"),
 				Dropout: float32(c.Float64("dropout")), BasePath: base}
-			if err := inject.Apply(m, p, opt); err != nil {
-				return fmt.Errorf("inject %s: %w", c.String("model"), err)
-			}
-			n, err := inject.TrainableCount(m)
+			tunable, n, err := injectPlan(m, c.String("model"), p, c.String("plan"), opt)
 			if err != nil {
 				return err
 			}
-			if err := onnxio.Save(c.String("out"), m); err != nil {
+			if err := onnxio.Save(c.String("out"), tunable); err != nil {
 				return err
 			}
 			fmt.Fprintf(c.App.ErrWriter, "wrote %s: %s trainable parameters\n", c.String("out"), commas(n))
 			return nil
 		},
 	}
+}
+
+// injectPlan is the inject stage: the tunable model, base (from basePath) with plan p
+// (from planPath) applied, and its trainable parameter count. base is not changed:
+// the tunable model is a copy that shares base's unchanged tensors.
+func injectPlan(base *onnxpb.ModelProto, basePath string, p *inject.Plan, planPath string, opt inject.ApplyOptions) (*onnxpb.ModelProto, int64, error) {
+	fp, err := onnxio.Fingerprint(base.Graph)
+	if err != nil {
+		return nil, 0, err
+	}
+	if err := p.Check(fp); err != nil {
+		return nil, 0, fmt.Errorf("%s: %w", planPath, err)
+	}
+	m := surgery.ShallowCopy(base)
+	if err := inject.Apply(m, p, opt); err != nil {
+		return nil, 0, fmt.Errorf("inject %s: %w", basePath, err)
+	}
+	n, err := inject.TrainableCount(m)
+	if err != nil {
+		return nil, 0, err
+	}
+	return m, n, nil
 }

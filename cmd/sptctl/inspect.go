@@ -85,15 +85,15 @@ type headInfo struct {
 }
 
 func inspectModel(path string) (*inspectReport, error) {
-	m, err := onnxio.Load(path)
+	m, g, v, err := loadViT(path)
 	if err != nil {
 		return nil, err
 	}
-	g := surgery.New(m)
-	v, err := surgery.FindViT(g)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
+	return inspectLoaded(path, m, g, v), nil
+}
+
+// inspectLoaded describes a loaded model (path is only reported).
+func inspectLoaded(path string, m *onnxpb.ModelProto, g *surgery.Graph, v *surgery.ViT) *inspectReport {
 	r := &inspectReport{
 		Model:    path,
 		Opset:    onnxio.Opset(m),
@@ -123,7 +123,7 @@ func inspectModel(path string) (*inspectReport, error) {
 		r.Layers = append(r.Layers, li)
 	}
 	r.Backbone = r.Params - int64(v.Head.Params())
-	return r, nil
+	return r
 }
 
 func describe(v *onnxpb.ValueInfoProto) valueInfo {

@@ -1,12 +1,18 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"io"
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/sptctl/sptctl/data"
+	"github.com/sptctl/sptctl/engine"
 	"github.com/sptctl/sptctl/engine/torch"
+	"github.com/sptctl/sptctl/internal/meta"
+	"github.com/sptctl/sptctl/onnxio/onnxpb"
 	"github.com/sptctl/sptctl/sensitivity"
 	"github.com/sptctl/sptctl/surgery"
 )
@@ -79,32 +85,49 @@ func runSensitivity(c *cli.Context) (*sensitivityReport, error) {
 	defer stop()
 	w := torch.NewWorker()
 	defer w.Close()
-	bar := newProgress(c.App.ErrWriter, "sensitivity")
-	opt := sensitivity.Options{Batches: c.Int("batches"), BatchSize: c.Int("batch-size"), Classes: classes,
-		HeadSeed: c.Int64("head-seed"), Seed: c.Int64("seed")}
-	scores, info, err := sensitivity.Compute(ctx, w, m, split, pre, opt, func(done, total int) {
+	a := sensitivityArgs{
+		Opt: sensitivity.Options{Batches: c.Int("batches"), BatchSize: c.Int("batch-size"), Classes: classes,
+			HeadSeed: c.Int64("head-seed"), Seed: c.Int64("seed")},
+		Top: c.Float64("top"), Out: c.String("out"), Plot: c.String("plot"), Data: c.String("data")}
+	r, _, err := scoreSensitivity(ctx, c.App.ErrWriter, w, m, v, split, pre, a)
+	if err != nil && ctx.Err() != nil {
+		return nil, cli.Exit(errors.New("interrupted; nothing written"), 130)
+	}
+	return r, err
+}
+
+// sensitivityArgs are the sensitivity stage's settings.
+type sensitivityArgs struct {
+	Opt       sensitivity.Options
+	Top       float64 // share of entries the summary counts as sensitive
+	Out, Plot string  // score file to write; plot to draw ("": none)
+	Data      string  // the data folder, for the plot's title
+}
+
+// scoreSensitivity is the sensitivity stage: it scores m (left unchanged) on split,
+// writes the score file and the plot, and returns the report and the scores.
+func scoreSensitivity(ctx context.Context, log io.Writer, e engine.Engine, m *onnxpb.ModelProto, v *surgery.ViT, split *data.Split, pre meta.Preprocess, a sensitivityArgs) (*sensitivityReport, sensitivity.Scores, error) {
+	bar := newProgress(log, "sensitivity")
+	scores, info, err := sensitivity.Compute(ctx, e, m, split, pre, a.Opt, func(done, total int) {
 		bar.update(done, total, "batches")
 	})
 	if err != nil {
-		if ctx.Err() != nil {
-			return nil, cli.Exit(errors.New("interrupted; nothing written"), 130)
-		}
-		return nil, err
+		return nil, nil, err
 	}
-	sum, err := sensitivity.Summarize(v, scores, c.Float64("top"))
+	sum, err := sensitivity.Summarize(v, scores, a.Top)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	if err := sensitivity.Write(c.String("out"), m, scores, info); err != nil {
-		return nil, err
+	if err := sensitivity.Write(a.Out, m, scores, info); err != nil {
+		return nil, nil, err
 	}
-	fmt.Fprintf(c.App.ErrWriter, "wrote %s (%d batches, %d images)\n", c.String("out"), info.Batches, info.Examples)
-	if p := c.String("plot"); p != "" {
-		title := fmt.Sprintf("sensitive weights of %s", c.String("data"))
-		if err := writeVia(p, func(tmp string) error { return sum.Plot(tmp, title) }); err != nil {
-			return nil, err
+	fmt.Fprintf(log, "wrote %s (%d batches, %d images)\n", a.Out, info.Batches, info.Examples)
+	if a.Plot != "" {
+		title := fmt.Sprintf("sensitive weights of %s", a.Data)
+		if err := writeVia(a.Plot, func(tmp string) error { return sum.Plot(tmp, title) }); err != nil {
+			return nil, nil, err
 		}
-		fmt.Fprintf(c.App.ErrWriter, "wrote %s\n", p)
+		fmt.Fprintf(log, "wrote %s\n", a.Plot)
 	}
-	return &sensitivityReport{Out: c.String("out"), Info: info, Summary: sum, Seconds: bar.elapsed()}, nil
+	return &sensitivityReport{Out: a.Out, Info: info, Summary: sum, Seconds: bar.elapsed()}, scores, nil
 }

@@ -1,16 +1,21 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"io"
 
 	"github.com/urfave/cli/v2"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/sptctl/sptctl/data"
 	"github.com/sptctl/sptctl/engine"
 	"github.com/sptctl/sptctl/engine/torch"
 	"github.com/sptctl/sptctl/internal/meta"
 	"github.com/sptctl/sptctl/onnxio"
+	"github.com/sptctl/sptctl/onnxio/onnxpb"
+	"github.com/sptctl/sptctl/surgery"
 	"github.com/sptctl/sptctl/train"
 )
 
@@ -110,41 +115,58 @@ func runTrain(c *cli.Context) (*trainReport, error) {
 	}
 	ctx, stop := interruptible()
 	defer stop()
-	w := torch.NewWorker()
-	defer w.Close()
-	var prog engine.Program
-	if err := w.Do(func() error {
-		prog, err = w.Compile(m, engine.Options{Trainable: names})
-		return err
-	}); err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	defer w.Do(func() error { prog.Close(); return nil })
-	if b := prog.FixedBatch(); b > 0 && b != cfg.BatchSize {
-		fmt.Fprintf(c.App.ErrWriter, "%s has a fixed batch size of %d: each batch of %d runs as micro-batches of %d with gradients accumulated (same result as one batch)\n", path, b, cfg.BatchSize, b)
-	}
-	bar := newProgress(c.App.ErrWriter, "train")
-	res, err := train.Fit(ctx, w, prog, trainSplit, valSplit, pre, cfg, func(e train.Event) {
-		if e.Val != nil {
-			fmt.Fprintf(c.App.ErrWriter, "epoch %d/%d: loss %.4f, train top-1 %.2f%%, %s top-1 %.2f%%\n", e.Epoch, e.Epochs, e.Loss, 100*e.Accuracy, c.String("val-split"), 100**e.Val)
-			return
-		}
-		bar.update(e.Step, e.Steps, fmt.Sprintf("epoch %d/%d loss %.4f acc %.1f%% %.0f img/s", e.Epoch, e.Epochs, e.Loss, 100*e.Accuracy, e.ImagesPerSecond))
-	})
+	trained, r, err := trainModel(ctx, c.App.ErrWriter, m, path, trainSplit, valSplit, c.String("val-split"), pre, cfg)
 	if errors.Is(err, train.ErrInterrupted) {
 		return nil, cli.Exit(fmt.Sprintf("interrupted: checkpoint %s written; run the same command with --resume to continue", cfg.Checkpoint), 130)
 	}
 	if err != nil {
 		return nil, err
 	}
-	if err := w.Do(func() error { return prog.WriteBack(m) }); err != nil {
+	if err := onnxio.Save(out, trained); err != nil {
 		return nil, err
 	}
-	if err := meta.Set(m, meta.KeyPreprocess, pre); err != nil {
-		return nil, err
+	r.Out = out
+	return r, nil
+}
+
+// trainModel is the train stage: it trains the initializers tunable marks trainable
+// and returns the trained model, a copy of tunable (which is not changed) holding the
+// trained values and the preprocessing, with the report (its Out left empty).
+func trainModel(ctx context.Context, log io.Writer, tunable *onnxpb.ModelProto, path string, trainSplit, valSplit *data.Split, valName string, pre meta.Preprocess, cfg train.Config) (*onnxpb.ModelProto, *trainReport, error) {
+	names, err := meta.Trainable(tunable)
+	if err != nil {
+		return nil, nil, err
 	}
-	if err := onnxio.Save(out, m); err != nil {
-		return nil, err
+	w := torch.NewWorker()
+	defer w.Close()
+	var prog engine.Program
+	if err := w.Do(func() error {
+		prog, err = w.Compile(tunable, engine.Options{Trainable: names})
+		return err
+	}); err != nil {
+		return nil, nil, fmt.Errorf("%s: %w", path, err)
+	}
+	defer w.Do(func() error { prog.Close(); return nil })
+	if b := prog.FixedBatch(); b > 0 && b != cfg.BatchSize {
+		fmt.Fprintf(log, "%s has a fixed batch size of %d: each batch of %d runs as micro-batches of %d with gradients accumulated (same result as one batch)\n", path, b, cfg.BatchSize, b)
+	}
+	bar := newProgress(log, "train")
+	res, err := train.Fit(ctx, w, prog, trainSplit, valSplit, pre, cfg, func(e train.Event) {
+		if e.Val != nil {
+			fmt.Fprintf(log, "epoch %d/%d: loss %.4f, train top-1 %.2f%%, %s top-1 %.2f%%\n", e.Epoch, e.Epochs, e.Loss, 100*e.Accuracy, valName, 100**e.Val)
+			return
+		}
+		bar.update(e.Step, e.Steps, fmt.Sprintf("epoch %d/%d loss %.4f acc %.1f%% %.0f img/s", e.Epoch, e.Epochs, e.Loss, 100*e.Accuracy, e.ImagesPerSecond))
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	trained := withOwnTensors(tunable, names)
+	if err := w.Do(func() error { return prog.WriteBack(trained) }); err != nil {
+		return nil, nil, err
+	}
+	if err := meta.Set(trained, meta.KeyPreprocess, pre); err != nil {
+		return nil, nil, err
 	}
 	n := int64(0)
 	for _, name := range names {
@@ -152,6 +174,23 @@ func runTrain(c *cli.Context) (*trainReport, error) {
 			n += onnxio.NumElements(s)
 		}
 	}
-	return &trainReport{Out: out, Trainable: n, Steps: res.Steps, TrainTop1: res.TrainTop1, ValTop1: res.ValTop1,
-		ValSplit: c.String("val-split"), FinalLoss: res.FinalLoss, MicroBatched: res.MicroBatched, Seconds: res.Seconds}, nil
+	return trained, &trainReport{Trainable: n, Steps: res.Steps, TrainTop1: res.TrainTop1, ValTop1: res.ValTop1,
+		ValSplit: valName, FinalLoss: res.FinalLoss, MicroBatched: res.MicroBatched, Seconds: res.Seconds}, nil
+}
+
+// withOwnTensors is a copy of m that shares m's tensors except the named ones, which
+// it holds as copies (to be overwritten without touching m, or a model m shares them
+// with).
+func withOwnTensors(m *onnxpb.ModelProto, names []string) *onnxpb.ModelProto {
+	c := surgery.ShallowCopy(m)
+	own := map[string]bool{}
+	for _, n := range names {
+		own[n] = true
+	}
+	for i, t := range c.Graph.Initializer {
+		if own[t.GetName()] {
+			c.Graph.Initializer[i] = proto.Clone(t).(*onnxpb.TensorProto)
+		}
+	}
+	return c
 }

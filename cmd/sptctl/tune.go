@@ -2,17 +2,27 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
+	"os"
 	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/urfave/cli/v2"
+	"google.golang.org/protobuf/proto"
 
+	"github.com/sptctl/sptctl/data"
+	"github.com/sptctl/sptctl/engine/torch"
 	"github.com/sptctl/sptctl/inject"
+	"github.com/sptctl/sptctl/internal/meta"
 	"github.com/sptctl/sptctl/onnxio"
+	"github.com/sptctl/sptctl/onnxio/onnxpb"
+	"github.com/sptctl/sptctl/sensitivity"
+	"github.com/sptctl/sptctl/surgery"
+	"github.com/sptctl/sptctl/train"
 )
 
 func tuneCommand() *cli.Command {
@@ -26,7 +36,7 @@ func tuneCommand() *cli.Command {
 			"  merged.onnx                           the task's weights folded into the base graph\n" +
 			"  sidecar/base.data, sidecar/TASK.*     the task as a small file beside a shared base\n" +
 			"  report.json, report.md                accuracy, trainable parameters, time per stage\n" +
-			"Each stage is the sptctl command of the same name; their flags are repeated here.",
+			"Each stage is the function behind the sptctl command of the same name; their flags are repeated here.",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "model", Usage: "base model (ONNX)", Required: true},
 			&cli.StringFlag{Name: "data", Usage: "task data folder", Required: true},
@@ -83,142 +93,32 @@ type stageTime struct {
 }
 
 func runTune(c *cli.Context) error {
-	dir := c.String("out")
-	file := func(name string) string { return filepath.Join(dir, name) }
-	task := c.String("task")
-	if task == "" {
-		task = strings.Map(func(r rune) rune {
-			if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' {
-				return r
-			}
-			return '_'
-		}, filepath.Base(filepath.Clean(c.String("data"))))
+	a := tuneArgs{Model: c.String("model"), Data: c.String("data"), Out: c.String("out"), Task: c.String("task"),
+		Budget: c.String("budget"), Type: c.String("type"), Strategy: c.String("strategy"), Rank: c.Int("rank"),
+		SensBatches: c.Int("sens-batches"), SensBatchSize: c.Int("sens-batch-size"),
+		TrainSplit: c.String("train-split"), ValSplit: c.String("val-split"), TestSplit: c.String("test-split"),
+		Epochs: c.Int("epochs"), BatchSize: c.Int("batch-size"), LR: c.Float64("lr"), WeightDecay: c.Float64("weight-decay"),
+		Warmup: c.Int("warmup"), Dropout: c.Float64("dropout"), Seed: c.Int64("seed")}
+	if a.Task == "" {
+		a.Task = taskName(a.Data)
 	}
-	if err := checkTune(c, task); err != nil {
+	if err := checkTune(c, a.Task); err != nil {
 		return err
 	}
-	model, dataDir, seed := c.String("model"), c.String("data"), fmt.Sprint(c.Int64("seed"))
-	r := &tuneReport{Model: model, Data: dataDir, Out: dir, Strategy: c.String("strategy"), Type: c.String("type"),
-		Files: map[string]string{}}
-	log := c.App.ErrWriter
-	// stage runs one sptctl verb in-process, its JSON result captured when asked for.
-	stage := func(name string, args ...string) ([]byte, error) {
-		fmt.Fprintf(log, "\n== %s\n", name)
-		var out bytes.Buffer
-		app := newApp()
-		app.Writer, app.ErrWriter = io.Writer(&out), log
-		start := time.Now()
-		err := app.Run(append([]string{"sptctl"}, args...))
-		r.Stages = append(r.Stages, stageTime{name, time.Since(start).Seconds()})
-		if err != nil {
-			return nil, fmt.Errorf("tune: %s: %w", name, err)
-		}
-		return out.Bytes(), nil
-	}
-	decode := func(b []byte, v any) error {
-		if err := json.Unmarshal(b, v); err != nil {
-			return fmt.Errorf("tune: reading a stage's result: %w", err)
-		}
-		return nil
-	}
-	ins, err := stage("inspect", "inspect", "--json", model)
+	ctx, stop := interruptible()
+	defer stop()
+	r, err := tune(ctx, c.App.ErrWriter, a)
 	if err != nil {
 		return err
 	}
-	var insp inspectReport
-	if err := decode(ins, &insp); err != nil {
-		return err
-	}
-	r.Backbone = insp.Backbone
-
-	allocArgs := []string{"allocate", "--model", model, "--out", file("plan.json"), "--json",
-		"--type", c.String("type"), "--rank", fmt.Sprint(c.Int("rank")), "--strategy", c.String("strategy")}
-	if c.String("strategy") == "spt" {
-		if _, err := stage("sensitivity", "sensitivity", "--model", model, "--data", dataDir, "--split", c.String("train-split"),
-			"--batches", fmt.Sprint(c.Int("sens-batches")), "--batch-size", fmt.Sprint(c.Int("sens-batch-size")),
-			"--seed", seed, "--head-seed", seed, "--out", file("scores.safetensors"), "--plot", file("sensitivity.png"), "--json"); err != nil {
-			return err
-		}
-		r.Files["scores"], r.Files["sensitivity_plot"] = file("scores.safetensors"), file("sensitivity.png")
-		allocArgs = append(allocArgs, "--scores", file("scores.safetensors"), "--budget", c.String("budget"))
-	} else {
-		classes, err := dataClasses(dataDir)
-		if err != nil {
-			return err
-		}
-		allocArgs = append(allocArgs, "--classes", fmt.Sprint(classes))
-	}
-	plan, err := stage("allocate", allocArgs...)
-	if err != nil {
-		return err
-	}
-	r.Plan = plan
-	var sum struct{ Trainable int64 }
-	if err := decode(plan, &sum); err != nil {
-		return err
-	}
-	r.Trainable = sum.Trainable
-	if p, err := inject.LoadPlan(file("plan.json")); err == nil {
-		var tb strings.Builder
-		printPlan(&tb, p)
-		r.Allocation = tb.String()
-	}
-	r.Share = float64(sum.Trainable) / float64(max(r.Backbone, 1))
-	if _, err := stage("inject", "inject", "--model", model, "--plan", file("plan.json"), "--out", file("tunable.onnx"),
-		"--dropout", fmt.Sprint(c.Float64("dropout")), "--seed", seed); err != nil {
-		return err
-	}
-	evalTop1 := func(name, path string) (float64, int, error) {
-		b, err := stage(name, "eval", "--model", path, "--data", dataDir, "--split", c.String("test-split"), "--json")
-		if err != nil {
-			return 0, 0, err
-		}
-		var e struct {
-			Top1 float64
-			N    int
-		}
-		return e.Top1, e.N, decode(b, &e)
-	}
-	if r.Before, _, err = evalTop1("eval untrained", file("tunable.onnx")); err != nil {
-		return err
-	}
-	trainArgs := []string{"train", "--model", file("tunable.onnx"), "--data", dataDir, "--out", file("trained.onnx"), "--json",
-		"--train-split", c.String("train-split"), "--val-split", c.String("val-split"),
-		"--epochs", fmt.Sprint(c.Int("epochs")), "--batch-size", fmt.Sprint(c.Int("batch-size")), "--lr", fmt.Sprint(c.Float64("lr")),
-		"--weight-decay", fmt.Sprint(c.Float64("weight-decay")), "--warmup", fmt.Sprint(c.Int("warmup")), "--seed", seed}
-	if tr, err := stage("train", trainArgs...); err != nil {
-		return err
-	} else {
-		r.Train = tr
-	}
-	if r.After, r.TestN, err = evalTop1("eval trained", file("trained.onnx")); err != nil {
-		return err
-	}
-	if _, err := stage("export merged", "export", "--model", file("trained.onnx"), "--merge", "--out", file("merged.onnx"), "--json"); err != nil {
-		return err
-	}
-	if _, err := stage("export sidecar", "export", "--model", file("trained.onnx"), "--sidecar", file("sidecar"), "--task", task, "--json"); err != nil {
-		return err
-	}
-	sidecar := filepath.Join(dir, "sidecar", task+".onnx")
-	if r.Merged, _, err = evalTop1("eval merged", file("merged.onnx")); err != nil {
-		return err
-	}
-	if r.Sidecar, _, err = evalTop1("eval sidecar", sidecar); err != nil {
-		return err
-	}
-	for k, v := range map[string]string{"plan": "plan.json", "tunable": "tunable.onnx", "trained": "trained.onnx", "merged": "merged.onnx", "report": "report.json"} {
-		r.Files[k] = file(v)
-	}
-	r.Files["sidecar"] = sidecar
 	b, err := json.MarshalIndent(r, "", "  ")
 	if err != nil {
 		return err
 	}
-	if err := writeFile(file("report.json"), append(b, '\n')); err != nil {
+	if err := writeFile(r.Files["report"], append(b, '\n')); err != nil {
 		return err
 	}
-	if err := writeFile(file("report.md"), []byte(r.markdown())); err != nil {
+	if err := writeFile(filepath.Join(a.Out, "report.md"), []byte(r.markdown())); err != nil {
 		return err
 	}
 	if c.Bool("json") {
@@ -229,17 +129,287 @@ func runTune(c *cli.Context) error {
 	return nil
 }
 
-func writeFile(path string, b []byte) error {
-	return onnxio.WriteFileAtomic(path, func(w io.Writer) error { _, err := w.Write(b); return err })
+// tuneArgs are tune's settings (its flags).
+type tuneArgs struct {
+	Model, Data, Out, Task          string
+	Budget, Type, Strategy          string
+	Rank                            int
+	SensBatches, SensBatchSize      int
+	TrainSplit, ValSplit, TestSplit string
+	Epochs, BatchSize, Warmup       int
+	LR, WeightDecay, Dropout        float64
+	Seed                            int64
 }
 
-// dataClasses is the class count of a data folder.
-func dataClasses(dir string) (int, error) {
-	ds, _, err := openSplit(dir, "train", 0)
+// taskName is a task name made from a data folder's name.
+func taskName(dataDir string) string {
+	return strings.Map(func(r rune) rune {
+		if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' {
+			return r
+		}
+		return '_'
+	}, filepath.Base(filepath.Clean(dataDir)))
+}
+
+// tuneRun is one tune: the base model, loaded once, and the data set, opened once,
+// go through the stages as values; each stage writes its file for the user.
+type tuneRun struct {
+	a    tuneArgs
+	log  io.Writer
+	r    *tuneReport
+	base *onnxpb.ModelProto
+	g    *surgery.Graph
+	v    *surgery.ViT
+	pre  meta.Preprocess
+	ds   *data.Dataset
+	test *data.Split
+}
+
+func (t *tuneRun) file(name string) string { return filepath.Join(t.a.Out, name) }
+
+// stage runs one stage, timed, under a header in the log.
+func (t *tuneRun) stage(name string, f func() error) error {
+	fmt.Fprintf(t.log, "\n== %s\n", name)
+	start := time.Now()
+	err := f()
+	t.r.Stages = append(t.r.Stages, stageTime{name, time.Since(start).Seconds()})
 	if err != nil {
-		return 0, err
+		return fmt.Errorf("tune: %s: %w", name, err)
 	}
-	return ds.NumClasses(), nil
+	return nil
+}
+
+// tune runs every stage on one task and returns the report (report.json and
+// report.md are the caller's to write).
+func tune(ctx context.Context, log io.Writer, a tuneArgs) (*tuneReport, error) {
+	if err := os.MkdirAll(a.Out, 0o755); err != nil {
+		return nil, err
+	}
+	t := &tuneRun{a: a, log: log, r: &tuneReport{Model: a.Model, Data: a.Data, Out: a.Out, Strategy: a.Strategy, Type: a.Type,
+		Files: map[string]string{}}}
+	err := t.stage("inspect", func() error {
+		var err error
+		if t.base, t.g, t.v, err = loadViT(a.Model); err != nil {
+			return err
+		}
+		t.r.Backbone = inspectLoaded(a.Model, t.base, t.g, t.v).Backbone
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	if t.ds, err = data.Open(a.Data); err != nil {
+		return nil, err
+	}
+	if t.test, err = t.ds.Split(a.TestSplit); err != nil {
+		return nil, err
+	}
+	plan, err := t.allocate(ctx)
+	if err != nil {
+		return nil, err
+	}
+	trained, err := t.train(ctx, plan)
+	if err != nil {
+		return nil, err
+	}
+	if err := t.export(trained); err != nil {
+		return nil, err
+	}
+	for k, v := range map[string]string{"plan": "plan.json", "tunable": "tunable.onnx", "trained": "trained.onnx", "merged": "merged.onnx", "report": "report.json"} {
+		t.r.Files[k] = t.file(v)
+	}
+	t.r.Files["sidecar"] = t.sidecarModel()
+	return t.r, nil
+}
+
+// allocate runs the sensitivity stage (spt) and the allocate stage.
+func (t *tuneRun) allocate(ctx context.Context) (*inject.Plan, error) {
+	a := t.a
+	opt := inject.DefaultOptions()
+	opt.Type, opt.Strategy, opt.Rank = inject.Type(a.Type), inject.Strategy(a.Strategy), a.Rank
+	var scores sensitivity.Scores
+	var info *sensitivity.Info
+	if opt.Strategy == inject.SPT {
+		var err error
+		if opt.Budget, err = inject.ParseBudget(a.Budget, inject.BackboneParams(t.v, t.g)); err != nil {
+			return nil, usagef("--budget: %v", err)
+		}
+		err = t.stage("sensitivity", func() error {
+			split, err := t.ds.Split(a.TrainSplit)
+			if err != nil {
+				return err
+			}
+			if t.pre, err = preprocessFor(t.base, surgery.Image{Channels: t.v.Channels, Height: t.v.Height, Width: t.v.Width}, t.log); err != nil {
+				return err
+			}
+			w := torch.NewWorker()
+			defer w.Close()
+			sa := sensitivityArgs{Opt: sensitivity.Options{Batches: a.SensBatches, BatchSize: a.SensBatchSize, Classes: t.ds.NumClasses(),
+				HeadSeed: a.Seed, Seed: a.Seed}, Top: 0.004, Out: t.file("scores.safetensors"), Plot: t.file("sensitivity.png"), Data: a.Data}
+			rep, s, err := scoreSensitivity(ctx, t.log, w, t.base, t.v, split, t.pre, sa)
+			if err != nil {
+				return err
+			}
+			scores, info = s, &rep.Info
+			return nil
+		})
+		if err != nil {
+			return nil, err
+		}
+		t.r.Files["scores"], t.r.Files["sensitivity_plot"] = t.file("scores.safetensors"), t.file("sensitivity.png")
+	} else {
+		opt.Classes = t.ds.NumClasses()
+	}
+	var plan *inject.Plan
+	err := t.stage("allocate", func() error {
+		var err error
+		if plan, err = allocatePlan(t.log, t.g, t.v, scores, info, opt, false, t.file("plan.json")); err != nil {
+			return err
+		}
+		var b bytes.Buffer
+		if err := writeJSON(&b, plan.Summary()); err != nil {
+			return err
+		}
+		t.r.Plan = b.Bytes()
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	t.r.Trainable = plan.Summary().Trainable
+	var tb strings.Builder
+	printPlan(&tb, plan)
+	t.r.Allocation = tb.String()
+	t.r.Share = float64(t.r.Trainable) / float64(max(t.r.Backbone, 1))
+	return plan, nil
+}
+
+// train runs the inject stage, evaluates the untrained model, trains it and evaluates
+// the trained one; it returns the trained model.
+func (t *tuneRun) train(ctx context.Context, plan *inject.Plan) (*onnxpb.ModelProto, error) {
+	a := t.a
+	var tunable *onnxpb.ModelProto
+	err := t.stage("inject", func() error {
+		basePath, err := filepath.Abs(a.Model)
+		if err != nil {
+			return err
+		}
+		opt := inject.ApplyOptions{Seed: a.Seed, Dropout: float32(a.Dropout), BasePath: basePath}
+		var n int64
+		if tunable, n, err = injectPlan(t.base, a.Model, plan, t.file("plan.json"), opt); err != nil {
+			return err
+		}
+		if err := onnxio.Save(t.file("tunable.onnx"), tunable); err != nil {
+			return err
+		}
+		fmt.Fprintf(t.log, "wrote %s: %s trainable parameters\n", t.file("tunable.onnx"), commas(n))
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	if t.r.Before, _, err = t.eval("eval untrained", t.file("tunable.onnx")); err != nil {
+		return nil, err
+	}
+	var trained *onnxpb.ModelProto
+	err = t.stage("train", func() error {
+		g := surgery.New(tunable)
+		in, err := surgery.ImageInput(g)
+		if err != nil {
+			return err
+		}
+		pre, err := preprocessFor(tunable, in, t.log)
+		if err != nil {
+			return err
+		}
+		classes := surgery.Classes(g)
+		_, trainSplit, err := openSplit(a.Data, a.TrainSplit, classes)
+		if err != nil {
+			return err
+		}
+		var valSplit *data.Split
+		if a.ValSplit != "" {
+			if _, valSplit, err = openSplit(a.Data, a.ValSplit, classes); err != nil {
+				return err
+			}
+		}
+		out := t.file("trained.onnx")
+		cfg := train.Config{Epochs: a.Epochs, BatchSize: a.BatchSize, LR: a.LR, MinLR: 1e-8, WeightDecay: a.WeightDecay,
+			WarmupEpochs: a.Warmup, Seed: a.Seed, ValEvery: 10, Checkpoint: out + ".ckpt"}
+		var rep *trainReport
+		if trained, rep, err = trainModel(ctx, t.log, tunable, t.file("tunable.onnx"), trainSplit, valSplit, a.ValSplit, pre, cfg); err != nil {
+			return err
+		}
+		if err := onnxio.Save(out, trained); err != nil {
+			return err
+		}
+		rep.Out = out
+		var b bytes.Buffer
+		if err := writeJSON(&b, rep); err != nil {
+			return err
+		}
+		t.r.Train = b.Bytes()
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	if t.r.After, t.r.TestN, err = t.eval("eval trained", t.file("trained.onnx")); err != nil {
+		return nil, err
+	}
+	return trained, nil
+}
+
+func (t *tuneRun) sidecarModel() string { return filepath.Join(t.a.Out, "sidecar", t.a.Task+".onnx") }
+
+// export runs the merge and sidecar exports of the trained model (checked against it
+// once) and evaluates both.
+func (t *tuneRun) export(trained *onnxpb.ModelProto) error {
+	trainedPath := t.file("trained.onnx")
+	xs, err := parityBatches(t.log, trained, trainedPath, "", "", 4)
+	if err != nil {
+		return err
+	}
+	pc, err := checkTrained(t.log, trainedPath, xs)
+	if err != nil {
+		return err
+	}
+	if err := t.stage("export merged", func() error {
+		// Merge rewrites its model: give it a copy (the sidecar needs the trained one).
+		_, err := exportMerged(t.log, proto.Clone(trained).(*onnxpb.ModelProto), t.base, t.file("merged.onnx"), pc)
+		return err
+	}); err != nil {
+		return err
+	}
+	if err := t.stage("export sidecar", func() error {
+		_, err := exportSidecar(t.log, trained, t.base, t.file("sidecar"), t.a.Task, pc)
+		return err
+	}); err != nil {
+		return err
+	}
+	if t.r.Merged, _, err = t.eval("eval merged", t.file("merged.onnx")); err != nil {
+		return err
+	}
+	t.r.Sidecar, _, err = t.eval("eval sidecar", t.sidecarModel())
+	return err
+}
+
+// eval is an eval stage on the test split.
+func (t *tuneRun) eval(name, path string) (top1 float64, n int, err error) {
+	var res *evalResult
+	err = t.stage(name, func() error {
+		var err error
+		res, err = evalFile(context.Background(), t.log, path, t.ds, t.test, t.a.Data)
+		return err
+	})
+	if err != nil {
+		return 0, 0, err
+	}
+	return res.Top1, res.N, nil
+}
+
+func writeFile(path string, b []byte) error {
+	return onnxio.WriteFileAtomic(path, func(w io.Writer) error { _, err := w.Write(b); return err })
 }
 
 func (r *tuneReport) markdown() string {
