@@ -45,7 +45,7 @@ var Strategies = []Strategy{SPT, LoRAQV, Uniform, BitFit, Linear, Full}
 // Options control Allocate.
 type Options struct {
 	Budget   int64    // trainable parameters wanted, head and class token included (spt)
-	Type     Type     // lora (default) or adapter
+	Type     Type     // lora (default), or another module type (ModuleTypes)
 	Rank     int      // rank of the structured modules (8 in the reference); must be > 0
 	Alpha    float64  // a matrix is structured if its sensitive count ≥ cost/Alpha (10)
 	Beta     float64  // a vector is tuned whole if its sensitive count ≥ dim/Beta (5)
@@ -133,8 +133,8 @@ func (o *Options) normalize() error {
 	if !slices.Contains(Strategies, o.Strategy) {
 		return fmt.Errorf("unknown strategy %q (want one of %s)", o.Strategy, strategyList())
 	}
-	if o.Type != LoRA && o.Type != Adapter {
-		return fmt.Errorf("unknown structured type %q (want lora or adapter)", o.Type)
+	if !slices.Contains(ModuleTypes(), o.Type) {
+		return fmt.Errorf("unknown structured type %q (want one of %s)", o.Type, moduleTypeList())
 	}
 	if o.Rank <= 0 {
 		return fmt.Errorf("rank must be positive, got %d", o.Rank)

@@ -291,7 +291,7 @@ func TestApplyRefuses(t *testing.T) {
 		}, ApplyOptions{}, "outside"},
 		{"unknown layer", func(p *Plan) { p.Layers[0].Name = "blocks.9.q" }, ApplyOptions{}, "not in this model"},
 		{"bad totals", func(p *Plan) { p.Totals.Total++ }, ApplyOptions{}, "totals"},
-		{"bad version", func(p *Plan) { p.Version = 2 }, ApplyOptions{}, "version 2"},
+		{"bad version", func(p *Plan) { p.Version = 3 }, ApplyOptions{}, "version 3"},
 		{"params", func(p *Plan) { p.Layers[0].Params++; p.recount() }, ApplyOptions{}, "params"},
 	} {
 		p := MixedPlan(t, b, 1)
@@ -368,7 +368,7 @@ func TestPlanSaveLoadCheck(t *testing.T) {
 	for _, c := range []struct{ name, text, want string }{
 		{"json", "{", "not a plan"},
 		{"no version", `{"layers": []}`, "no version"},
-		{"version", strings.Replace(string(raw), `"version": 1`, `"version": 7`, 1), "version 7"},
+		{"version", strings.Replace(string(raw), `"version": 2`, `"version": 7`, 1), "version 7"},
 	} {
 		bad := filepath.Join(t.TempDir(), "bad.json")
 		os.WriteFile(bad, []byte(c.text), 0o644)

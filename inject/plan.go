@@ -6,12 +6,15 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 
 	"github.com/sptctl/sptctl/onnxio"
 )
 
-// PlanVersion is the version of the plan.json schema this package writes and reads.
-const PlanVersion = 1
+// PlanVersion is the version of the plan.json schema this package writes. It reads
+// version 1 too: its entries are the same, and the injected records of version 1
+// (role strings) are translated once, on reading, into tuner records.
+const PlanVersion = 2
 
 // Layer modes.
 const (
@@ -59,21 +62,17 @@ type Plan struct {
 }
 
 // Injected records one initializer of an injected model that Apply added or made
-// trainable, so that training, merging and export need not guess names.
+// trainable, and which tuner made it for what, so that training, merging and export
+// need not guess names.
 type Injected struct {
 	Init string `json:"init"` // its name in the injected model
-	// Of is what it belongs to: a plan layer or vector name ("blocks.3.fc1",
-	// "blocks.3.q.bias"), "head.weight", "head.bias", or a TensorPlan name
-	// ("class_token", "pos_embed", …).
-	Of string `json:"of"`
-	// Role: lora_A [r,in], lora_B [out,r], adapter_down [r,out], adapter_down_bias [r],
-	// adapter_up [out,r], adapter_up_bias [out], sparse_values [n], sparse_indices
-	// [n, rank] (int64, not trainable; indices into Base as stored), or whole (Of is
-	// trained in place: Init holds it, from entry Offset for vectors or output unit
-	// Offset for matrices, when Init is shared by a fused q/k/v).
-	Role      string `json:"role"`
+	// Of is the target: a plan layer or vector name ("blocks.3.fc1",
+	// "blocks.3.q.bias"), "head", or a TensorPlan name ("class_token", "pos_embed", …).
+	Of        string `json:"of"`
+	Tuner     Kind   `json:"tuner"`            // the tuner that made it
+	Part      Part   `json:"part"`             // which of the tuner's tensors it is
 	Base      string `json:"base,omitempty"`   // the base model's initializer it adds to or replaces ("" for a new head)
-	Offset    int    `json:"offset,omitempty"` // see Role
+	Offset    int    `json:"offset,omitempty"` // whole: where Of starts in Init (entry, or output unit of a matrix)
 	Trainable bool   `json:"trainable"`
 }
 
@@ -172,7 +171,7 @@ func (p *Plan) Summary() Summary {
 	s := Summary{Budget: p.Budget, Trainable: p.Totals.Total, SparseEntries: p.Totals.SparseEntries,
 		Structured: []string{}, Vectors: []string{}}
 	for _, l := range p.Layers {
-		if l.Mode == ModeLoRA || l.Mode == ModeAdapter {
+		if isModule(l.Mode) {
 			s.Structured = append(s.Structured, l.Name)
 		}
 	}
@@ -208,13 +207,13 @@ func (p *Plan) Recount() { p.recount() }
 func (p *Plan) recount() {
 	t := Totals{}
 	for _, l := range p.Layers {
-		switch l.Mode {
-		case ModeLoRA, ModeAdapter:
+		switch {
+		case isModule(l.Mode):
 			t.Structured += l.Params - int64(len(l.Indices))
 			t.SparseEntries += int64(len(l.Indices))
-		case ModeSparse:
+		case l.Mode == ModeSparse:
 			t.SparseEntries += l.Params
-		case ModeFull:
+		case l.Mode == ModeFull:
 			t.Dense += l.Params
 		}
 	}
@@ -240,7 +239,7 @@ func (p *Plan) recount() {
 // validate checks a plan's internal consistency (not against a model).
 func (p *Plan) validate() error {
 	if p.Version != PlanVersion {
-		return fmt.Errorf("plan version %d is not supported (this sptctl reads version %d)", p.Version, PlanVersion)
+		return fmt.Errorf("plan version %d is not supported (this sptctl reads versions 1 and %d)", p.Version, PlanVersion)
 	}
 	if p.BaseFingerprint == "" {
 		return errors.New("plan has no base_fingerprint")
@@ -248,22 +247,18 @@ func (p *Plan) validate() error {
 	if err := p.checkSizes(); err != nil {
 		return err
 	}
-	for _, l := range p.Layers {
-		var want int64
-		switch l.Mode {
-		case ModeLoRA:
-			want = structuredCost(LoRA, int64(l.Rank), int64(l.In), int64(l.Out)) + int64(len(l.Indices))
-		case ModeAdapter:
-			want = structuredCost(Adapter, int64(l.Rank), int64(l.In), int64(l.Out)) + int64(len(l.Indices))
-		case ModeSparse:
-			want = int64(len(l.Indices))
-		case ModeFull:
-			want = int64(l.In) * int64(l.Out)
-		default:
+	for i := range p.Layers {
+		l := &p.Layers[i]
+		tu, ok := TunerOf(layerKind(l.Mode))
+		if !ok || l.Mode == string(KindWhole) || l.Mode == string(KindHead) {
 			return fmt.Errorf("plan layer %s: unknown mode %q", l.Name, l.Mode)
 		}
-		if (l.Mode == ModeLoRA || l.Mode == ModeAdapter) && l.Rank <= 0 {
-			return fmt.Errorf("plan layer %s: rank %d", l.Name, l.Rank)
+		want := tu.Params(Target{Layer: l})
+		if isModule(l.Mode) {
+			want += int64(len(l.Indices))
+			if l.Rank <= 0 {
+				return fmt.Errorf("plan layer %s: rank %d", l.Name, l.Rank)
+			}
 		}
 		if l.Params != want {
 			return fmt.Errorf("plan layer %s: %d params, want %d for mode %s", l.Name, l.Params, want, l.Mode)
@@ -359,10 +354,62 @@ func DecodePlan(b []byte) (*Plan, error) {
 	if probe.Version == nil {
 		return nil, errors.New("not a plan (no version field)")
 	}
+	if *probe.Version == 1 {
+		return decodeV1(b)
+	}
 	p := &Plan{}
 	if err := json.Unmarshal(b, p); err != nil {
 		return nil, fmt.Errorf("not a plan: %w", err)
 	}
+	if err := p.validate(); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// decodeV1 reads a version 1 plan: the same entries, and injected records that name a
+// role instead of a tuner and part. The roles translate one to one.
+func decodeV1(b []byte) (*Plan, error) {
+	var old struct {
+		Injected []struct {
+			Init      string `json:"init"`
+			Of        string `json:"of"`
+			Role      string `json:"role"`
+			Base      string `json:"base"`
+			Offset    int    `json:"offset"`
+			Trainable bool   `json:"trainable"`
+		} `json:"injected"`
+	}
+	p := &Plan{}
+	if err := json.Unmarshal(b, p); err != nil {
+		return nil, fmt.Errorf("not a plan: %w", err)
+	}
+	if err := json.Unmarshal(b, &old); err != nil {
+		return nil, fmt.Errorf("not a plan: %w", err)
+	}
+	roles := map[string]struct {
+		k Kind
+		p Part
+	}{
+		"lora_A": {KindLoRA, PartA}, "lora_B": {KindLoRA, PartB},
+		"adapter_down": {KindAdapter, PartDown}, "adapter_down_bias": {KindAdapter, PartDownBias},
+		"adapter_up": {KindAdapter, PartUp}, "adapter_up_bias": {KindAdapter, PartUpBias},
+		"sparse_values": {KindSparse, PartValues}, "sparse_indices": {KindSparse, PartIndices},
+		"whole": {KindWhole, PartWhole},
+	}
+	p.Injected = nil
+	for _, r := range old.Injected {
+		kp, ok := roles[r.Role]
+		if !ok {
+			return nil, fmt.Errorf("plan version 1: record %s has unknown role %q", r.Init, r.Role)
+		}
+		in := Injected{Init: r.Init, Of: r.Of, Tuner: kp.k, Part: kp.p, Base: r.Base, Offset: r.Offset, Trainable: r.Trainable}
+		if r.Of == "head.weight" || r.Of == "head.bias" {
+			in.Of, in.Tuner, in.Part = HeadName, KindHead, Part(strings.TrimPrefix(r.Of, "head."))
+		}
+		p.Injected = append(p.Injected, in)
+	}
+	p.Version = PlanVersion
 	if err := p.validate(); err != nil {
 		return nil, err
 	}

@@ -106,15 +106,7 @@ func units(v *surgery.ViT, g *surgery.Graph) ([]unit, error) {
 }
 
 // structuredCost is the number of parameters of a structured module of type typ and
-// rank r on a matrix in→out: LoRA r·(in+out) (A [r,in], B [out,r]); the Adapter, which
-// sits on the layer's output (h = Wx+b; y = h + U·GELU(D·h + c) + d), has D [r,out],
-// c [r], U [out,r] and d [out]: 2·r·out + r + out. For the square matrices (q, k, v,
-// proj) this is r·(in+out)+r+out; for fc1 and fc2 it counts the module actually built
-// (as the SPT reference code counts it), so the injected model's trainable count
-// equals the plan's total exactly.
-func structuredCost(typ Type, r, in, out int64) int64 {
-	if typ == Adapter {
-		return 2*r*out + r + out
-	}
-	return r * (in + out)
-}
+// rank r on a matrix in→out, as its tuner counts it (tuner_*.go): LoRA r·(in+out); the
+// Adapter 2·r·out + r + out (the module actually built, as the SPT reference counts
+// it), so that the injected model's trainable count equals the plan's total exactly.
+func structuredCost(typ Type, r, in, out int64) int64 { return moduleParams(typ, r, in, out) }

@@ -59,8 +59,8 @@ func Validate(m *onnxpb.ModelProto, p *Plan, opt ApplyOptions) error {
 	return err
 }
 
-// check runs Validate's checks and returns the injector that Apply then runs.
-func check(m *onnxpb.ModelProto, p *Plan, opt ApplyOptions) (*injector, error) {
+// check runs Validate's checks and returns the Builder that Apply then runs.
+func check(m *onnxpb.ModelProto, p *Plan, opt ApplyOptions) (*Builder, error) {
 	if err := p.validate(); err != nil {
 		return nil, err
 	}
@@ -87,8 +87,11 @@ func check(m *onnxpb.ModelProto, p *Plan, opt ApplyOptions) (*injector, error) {
 	if err != nil {
 		return nil, err
 	}
-	in := &injector{g: g, v: v, p: p, opt: opt, opset: opset, trainable: map[string]bool{}, dropouts: map[string]string{}, consts: map[string]string{}}
-	if err := in.prepare(); err != nil {
+	in := newBuilder(g, v, p, opt, opset)
+	if err := in.findSites(); err != nil {
+		return nil, err
+	}
+	if err := in.checkPlan(); err != nil {
 		return nil, err
 	}
 	if opt.KeepHead && v.Head.Out != classes {
@@ -111,7 +114,7 @@ func (p *Plan) checkSizes() error {
 		if l.In <= 0 || l.Out <= 0 || l.In > maxDim || l.Out > maxDim || l.Offset < 0 || l.Offset > maxDim {
 			return fmt.Errorf("plan layer %s: size %dx%d at offset %d", l.Name, l.In, l.Out, l.Offset)
 		}
-		if l.Mode == ModeLoRA || l.Mode == ModeAdapter {
+		if isModule(l.Mode) {
 			if l.Rank <= 0 || l.Rank > min(l.In, l.Out) {
 				return fmt.Errorf("plan layer %s: rank %d, want 1 to %d (the smaller side of its %dx%d matrix)", l.Name, l.Rank, min(l.In, l.Out), l.In, l.Out)
 			}

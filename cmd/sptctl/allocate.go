@@ -26,7 +26,7 @@ func allocateCommand() *cli.Command {
 			&cli.StringFlag{Name: "model", Usage: "base model (ONNX)", Required: true},
 			&cli.StringFlag{Name: "scores", Usage: "sensitivity scores from `sptctl sensitivity` (needed by --strategy spt)"},
 			&cli.StringFlag{Name: "budget", Usage: "trainable parameters: a count (400000, 0.4M, 400k) or a share of the backbone (0.5%); spt only, baselines have fixed sizes", Value: "0.4M"},
-			&cli.StringFlag{Name: "type", Usage: "structured module: lora | adapter", Value: "lora"},
+			&cli.StringFlag{Name: "type", Usage: "structured module: " + moduleTypes(), Value: "lora"},
 			&cli.IntFlag{Name: "rank", Usage: "rank of the LoRA / Adapter modules", Value: 8},
 			&cli.Float64Flag{Name: "alpha", Usage: "a matrix gets a module if its sensitive entries ≥ module cost / alpha", Value: 10},
 			&cli.Float64Flag{Name: "beta", Usage: "a vector is tuned whole if its sensitive entries ≥ size / beta", Value: 5},
@@ -169,4 +169,13 @@ func printPlan(w io.Writer, p *inject.Plan) {
 	if p.Note != "" {
 		fmt.Fprintln(w, strings.TrimSpace(p.Note))
 	}
+}
+
+// moduleTypes lists the structured module types for help texts ("lora | adapter | …").
+func moduleTypes() string {
+	var s []string
+	for _, t := range inject.ModuleTypes() {
+		s = append(s, string(t))
+	}
+	return strings.Join(s, " | ")
 }

@@ -4,9 +4,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"slices"
 	"strconv"
+	"strings"
 
 	"google.golang.org/protobuf/proto"
 
@@ -22,7 +24,7 @@ import (
 const KeyReady = "sptctl.adapter_ready"
 
 // ReadyVersion is the version of ReadyInfo this package writes and reads.
-const ReadyVersion = 1
+const ReadyVersion = 2
 
 // PadLogit is the bias of the head's padded classes: a task with fewer classes than
 // the ready graph's head gets zero weights and this bias there, so those logits are
@@ -46,11 +48,12 @@ type ReadyInfo struct {
 
 // InputInfo is one adapter input of a ready model.
 type InputInfo struct {
-	Name     string  `json:"name"`
-	Of       string  `json:"of"`   // what it belongs to (plan layer or vector name, head.weight, ...)
-	Role     string  `json:"role"` // lora_A, lora_B, adapter_*, sparse_values, sparse_indices, whole
-	Dims     []int64 `json:"dims"`
-	DataType string  `json:"data_type"` // FLOAT or INT64
+	Name     string      `json:"name"`
+	Of       string      `json:"of"`    // the target it belongs to (plan layer or vector name, head, ...)
+	Tuner    inject.Kind `json:"tuner"` // the tuner that made it
+	Part     inject.Part `json:"part"`  // which of the tuner's tensors it is
+	Dims     []int64     `json:"dims"`
+	DataType string      `json:"data_type"` // FLOAT or INT64
 }
 
 // Info returns the ReadyInfo an adapter-ready model records, or an error saying the
@@ -65,7 +68,7 @@ func Info(ready *onnxpb.ModelProto) (*ReadyInfo, error) {
 		return nil, errors.New("not an adapter-ready model (no " + KeyReady + " metadata; make one with `sptctl export --adapters`)")
 	}
 	if info.Version != ReadyVersion {
-		return nil, fmt.Errorf("adapter-ready model version %d is not supported (this sptctl reads version %d)", info.Version, ReadyVersion)
+		return nil, fmt.Errorf("adapter-ready model version %d is not supported (this sptctl reads version %d); export it again with `sptctl export --adapters`", info.Version, ReadyVersion)
 	}
 	return info, nil
 }
@@ -165,17 +168,17 @@ func BuildReady(base *onnxpb.ModelProto, tasks []*onnxpb.ModelProto) (*onnxpb.Mo
 		}
 		seen[r.Init] = true
 		switch {
-		case r.Of == "head.weight" || r.Of == "head.bias":
-			if err := onnxio.SetFloats(t, baseHead[r.Of]); err != nil {
+		case r.Tuner == inject.KindHead:
+			if err := onnxio.SetFloats(t, baseHead[r.Part]); err != nil {
 				return nil, fmt.Errorf("adapter-ready model: %w", err)
 			}
-		case isDelta(r.Role):
+		case isDelta(r.Part):
 			if err := onnxio.SetFloats(t, make([]float32, onnxio.NumElements(t.Dims))); err != nil {
 				return nil, fmt.Errorf("adapter-ready model: %w", err)
 			}
 		}
 		gp.Input = append(gp.Input, valueInfo(t))
-		info.Inputs = append(info.Inputs, InputInfo{Name: r.Init, Of: r.Of, Role: r.Role, Dims: slices.Clone(t.Dims), DataType: typeName(t.GetDataType())})
+		info.Inputs = append(info.Inputs, InputInfo{Name: r.Init, Of: r.Of, Tuner: r.Tuner, Part: r.Part, Dims: slices.Clone(t.Dims), DataType: typeName(t.GetDataType())})
 	}
 	ready.MetadataProps = slices.DeleteFunc(ready.MetadataProps, func(e *onnxpb.StringStringEntryProto) bool {
 		return e.GetKey() == meta.KeyTrainable || e.GetKey() == meta.KeyHeadSeed
@@ -187,10 +190,12 @@ func BuildReady(base *onnxpb.ModelProto, tasks []*onnxpb.ModelProto) (*onnxpb.Mo
 	return ready, nil
 }
 
-// isDelta reports whether an injected role is a delta whose zero is "no change".
-func isDelta(role string) bool {
-	switch role {
-	case "lora_A", "lora_B", "adapter_down", "adapter_down_bias", "adapter_up", "adapter_up_bias", "sparse_values":
+// isDelta reports whether a module tensor is a delta whose zero is "no change" (the
+// low-rank factors, the Adapter's tensors, sparse values); other tensors (whole
+// tensors, indices, a magnitude) keep the value inject gave them, the base's function.
+func isDelta(p inject.Part) bool {
+	switch p {
+	case inject.PartA, inject.PartB, inject.PartDown, inject.PartDownBias, inject.PartUp, inject.PartUpBias, inject.PartValues:
 		return true
 	}
 	return false
@@ -219,7 +224,7 @@ func shortFP(fp string) string {
 
 // baseHeadTensors are the base model's head weight and bias padded to classes
 // outputs (zero weights, PadLogit biases), in the head weight's stored layout.
-func baseHeadTensors(base *onnxpb.ModelProto, v *surgery.ViT, classes int) (map[string][]float32, error) {
+func baseHeadTensors(base *onnxpb.ModelProto, v *surgery.ViT, classes int) (map[inject.Part][]float32, error) {
 	g := surgery.New(base)
 	h := v.Head
 	wt := g.Initializer(h.Weight)
@@ -240,35 +245,11 @@ func baseHeadTensors(base *onnxpb.ModelProto, v *surgery.ViT, classes int) (map[
 			return nil, err
 		}
 	}
-	pw, pb, err := padHead(w, b, h.In, h.Out, classes, h.Layout.String())
+	pw, pb, err := inject.PadHead(w, b, h.In, h.Out, classes, h.Layout.String(), PadLogit)
 	if err != nil {
 		return nil, fmt.Errorf("base head: %w", err)
 	}
-	return map[string][]float32{"head.weight": pw, "head.bias": pb}, nil
-}
-
-// padHead pads a head of c classes on in features to classes classes.
-func padHead(w, b []float32, in, c, classes int, layout string) ([]float32, []float32, error) {
-	if len(w) != in*c || len(b) != c {
-		return nil, nil, fmt.Errorf("head of %d weights and %d biases is not %d×%d", len(w), len(b), c, in)
-	}
-	if c > classes {
-		return nil, nil, fmt.Errorf("head has %d classes, the adapter-ready model %d", c, classes)
-	}
-	pw := make([]float32, in*classes)
-	if layout == surgery.OutIn.String() {
-		copy(pw, w) // [c, in] rows are the first rows of [classes, in]
-	} else {
-		for i := 0; i < in; i++ {
-			copy(pw[i*classes:i*classes+c], w[i*c:(i+1)*c])
-		}
-	}
-	pb := make([]float32, classes)
-	copy(pb, b)
-	for k := c; k < classes; k++ {
-		pb[k] = PadLogit
-	}
-	return pw, pb, nil
+	return map[inject.Part][]float32{inject.PartWeight: pw, inject.PartBias: pb}, nil
 }
 
 // unionPlan is the plan whose injection holds every task's tuned tensors.
@@ -283,7 +264,10 @@ func unionPlan(plans []*inject.Plan, v *surgery.ViT) (*inject.Plan, error) {
 	classes := v.Head.Out
 	layerAt := map[string]int{}
 	vecAt := map[string]int{}
-	type use struct{ lora, adapter, full string } // a task using the mode, for errors
+	type use struct {
+		modules map[string]string // module mode → a task using it, for errors
+		full    string
+	}
 	uses := map[string]*use{}
 	for ti, p := range plans {
 		task := fmt.Sprintf("task %d", ti+1)
@@ -299,22 +283,19 @@ func unionPlan(plans []*inject.Plan, v *surgery.ViT) (*inject.Plan, error) {
 				c := l
 				c.Mode, c.Rank, c.Indices, c.Sensitive = inject.ModeSparse, 0, nil, 0
 				u.Layers = append(u.Layers, c)
-				uses[l.Name] = &use{}
+				uses[l.Name] = &use{modules: map[string]string{}}
 			}
 			ul := &u.Layers[i]
 			if ul.Weight != l.Weight || ul.In != l.In || ul.Out != l.Out || ul.Offset != l.Offset {
 				return nil, fmt.Errorf("%s: layer %s differs from another task's (same base?)", task, l.Name)
 			}
 			us := uses[l.Name]
-			switch l.Mode {
-			case inject.ModeLoRA:
-				us.lora = task
-				ul.Rank = max(ul.Rank, l.Rank)
-			case inject.ModeAdapter:
-				us.adapter = task
-				ul.Rank = max(ul.Rank, l.Rank)
-			case inject.ModeFull:
+			switch {
+			case l.Mode == inject.ModeFull:
 				us.full = task
+			case l.Rank > 0:
+				us.modules[l.Mode] = task
+				ul.Rank = max(ul.Rank, l.Rank)
 			}
 			ul.Indices = unionIndices(ul.Indices, l.Indices)
 		}
@@ -350,20 +331,19 @@ func unionPlan(plans []*inject.Plan, v *surgery.ViT) (*inject.Plan, error) {
 	for i := range u.Layers {
 		l := &u.Layers[i]
 		us := uses[l.Name]
+		modes := slices.SortedFunc(maps.Keys(us.modules), func(a, b string) int { return strings.Compare(us.modules[a], us.modules[b]) })
 		switch {
-		case us.lora != "" && us.adapter != "":
-			return nil, fmt.Errorf("layer %s has a LoRA in %s and an Adapter in %s: one adapter-ready graph cannot hold both on one layer; tune the tasks with the same --type, or serve them as merged models", l.Name, us.lora, us.adapter)
-		case us.full != "" && us.adapter != "":
-			return nil, fmt.Errorf("layer %s is trained whole in %s and has an Adapter in %s: one adapter-ready graph cannot hold both", l.Name, us.full, us.adapter)
+		case len(modes) > 1:
+			return nil, fmt.Errorf("layer %s has %s in %s and %s in %s: one adapter-ready graph cannot hold two module types on one layer; tune the tasks with the same --type, or serve them as merged models",
+				l.Name, modes[0], us.modules[modes[0]], modes[1], us.modules[modes[1]])
+		case us.full != "" && us.modules[inject.ModeAdapter] != "":
+			return nil, fmt.Errorf("layer %s is trained whole in %s and has an Adapter in %s: one adapter-ready graph cannot hold both (an Adapter does not fold into a weight)", l.Name, us.full, us.modules[inject.ModeAdapter])
 		case us.full != "":
 			l.Mode, l.Rank, l.Indices = inject.ModeFull, 0, nil
 			l.Params = int64(l.In) * int64(l.Out)
-		case us.lora != "":
-			l.Mode = inject.ModeLoRA
-			l.Params = int64(l.Rank)*int64(l.In+l.Out) + int64(len(l.Indices))
-		case us.adapter != "":
-			l.Mode = inject.ModeAdapter
-			l.Params = int64(l.Rank)*int64(2*l.Out) + int64(l.Rank) + int64(l.Out) + int64(len(l.Indices))
+		case len(modes) == 1:
+			l.Mode = modes[0]
+			l.Params = inject.ModuleParams(inject.Type(l.Mode), int64(l.Rank), int64(l.In), int64(l.Out)) + int64(len(l.Indices))
 		default:
 			l.Params = int64(len(l.Indices))
 		}
@@ -378,7 +358,7 @@ func unionPlan(plans []*inject.Plan, v *surgery.ViT) (*inject.Plan, error) {
 		for j := range u.Layers {
 			o := &u.Layers[j]
 			if o.Weight == l.Weight && o.Mode != inject.ModeFull {
-				if uses[o.Name].adapter != "" {
+				if uses[o.Name].modules[inject.ModeAdapter] != "" {
 					return nil, fmt.Errorf("layer %s has an Adapter while the fused weight it shares is trained whole", o.Name)
 				}
 				o.Mode, o.Rank, o.Indices = inject.ModeFull, 0, nil

@@ -283,7 +283,7 @@ func TestReadyRefusals(t *testing.T) {
 	}
 	c := adaptertest.Make(t, base, specs[2])
 	dm := adaptertest.Make(t, base, d)
-	if _, err := adapter.BuildReady(base, []*onnxpb.ModelProto{dm.Model, c.Model}); err == nil || !strings.Contains(err.Error(), "has a LoRA in task 1 and an Adapter in task 2") {
+	if _, err := adapter.BuildReady(base, []*onnxpb.ModelProto{dm.Model, c.Model}); err == nil || !strings.Contains(err.Error(), "has lora in task 1 and adapter in task 2") {
 		t.Errorf("LoRA and Adapter on one layer: %v", err)
 	}
 	if _, err := adapter.BuildReady(base, []*onnxpb.ModelProto{base}); err == nil {

@@ -126,7 +126,7 @@ func merge(t *testing.T, base *surgery.Graph, inj *onnxpb.ModelProto, p *inject.
 		if byOf[r.Of] == nil {
 			byOf[r.Of] = map[string]inject.Injected{}
 		}
-		byOf[r.Of][r.Role] = r
+		byOf[r.Of][string(r.Tuner)+"/"+string(r.Part)] = r
 	}
 	changed := map[string][]float32{}
 	get := func(name string) []float32 {
@@ -136,9 +136,9 @@ func merge(t *testing.T, base *surgery.Graph, inj *onnxpb.ModelProto, p *inject.
 		return changed[name]
 	}
 	for of, rs := range byOf {
-		if a, ok := rs["lora_A"]; ok {
+		if a, ok := rs["lora/A"]; ok {
 			l := layers[of]
-			A, B := floats(ig, a.Init), floats(ig, rs["lora_B"].Init)
+			A, B := floats(ig, a.Init), floats(ig, rs["lora/B"].Init)
 			w := get(l.Weight)
 			dims := base.Initializer(l.Weight).Dims
 			r := len(A) / l.In
@@ -156,9 +156,9 @@ func merge(t *testing.T, base *surgery.Graph, inj *onnxpb.ModelProto, p *inject.
 				}
 			}
 		}
-		if sv, ok := rs["sparse_values"]; ok && base.Initializer(sv.Base) != nil && !shared(sv.Base) {
+		if sv, ok := rs["sparse/values"]; ok && base.Initializer(sv.Base) != nil && !shared(sv.Base) {
 			vals := floats(ig, sv.Init)
-			idx, err := onnxio.Int64s(ig.Initializer(rs["sparse_indices"].Init))
+			idx, err := onnxio.Int64s(ig.Initializer(rs["sparse/indices"].Init))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -173,8 +173,10 @@ func merge(t *testing.T, base *surgery.Graph, inj *onnxpb.ModelProto, p *inject.
 				w[f] += v
 			}
 		}
-		if wh, ok := rs["whole"]; ok && wh.Init == wh.Base && base.Initializer(wh.Base) != nil {
-			changed[wh.Base] = floats(ig, wh.Init)
+		for _, wh := range []inject.Injected{rs["whole/whole"], rs["head/weight"], rs["head/bias"]} {
+			if wh.Init != "" && wh.Init == wh.Base && base.Initializer(wh.Base) != nil {
+				changed[wh.Base] = floats(ig, wh.Init)
+			}
 		}
 	}
 	for name, x := range changed {
@@ -215,9 +217,9 @@ func TestInjectedEqualsMerged(t *testing.T) {
 					return len(cs) != 1 || cs[0].GetOpType() == "Identity"
 				}
 				randomized := injected.Perturb(t, f.M, rand.New(rand.NewPCG(11, 12)), func(r inject.Injected) bool {
-					return r.Role == "lora_A" || r.Role == "lora_B" ||
-						(r.Role == "sparse_values" && b0.G.Initializer(r.Base) != nil && !shared(r.Base)) ||
-						(r.Role == "whole" && r.Init == r.Base)
+					return r.Tuner == inject.KindLoRA ||
+						(r.Tuner == inject.KindSparse && r.Part == inject.PartValues && b0.G.Initializer(r.Base) != nil && !shared(r.Base)) ||
+						((r.Tuner == inject.KindWhole || r.Tuner == inject.KindHead) && r.Init == r.Base)
 				})
 				got := run(t, f.M, dir, name+"_"+pname+"_random", in)
 				ref := fixture.Load(t, path)
