@@ -14,6 +14,7 @@ import (
 	"github.com/sptctl/sptctl/data"
 	"github.com/sptctl/sptctl/export"
 	"github.com/sptctl/sptctl/export/ort"
+	"github.com/sptctl/sptctl/export/quantize"
 	"github.com/sptctl/sptctl/internal/meta"
 	"github.com/sptctl/sptctl/onnxio"
 	"github.com/sptctl/sptctl/onnxio/onnxpb"
@@ -58,7 +59,10 @@ func exportCommand() *cli.Command {
 			"Both need the base model the trained model was injected from: --base, or the path\n" +
 			"inject recorded. Before anything is written, ONNX Runtime runs the trained and the\n" +
 			"exported model on a few inputs (--data samples, or random ones); export refuses if\n" +
-			"they differ by more than 1e-5 (relative to the largest output).",
+			"they differ by more than 1e-5 (relative to the largest output).\n\n" +
+			"--merge --quantize int8|int4 writes the merged model with its linear layers quantized\n" +
+			"(see --quantize) and compares it with the fp32 merged model: top-1 of both and how\n" +
+			"often they disagree on --val-split of --data, else the logits on the parity inputs.",
 		Flags: append([]cli.Flag{
 			&cli.StringFlag{Name: "model", Usage: "`TRAINED` model (from sptctl train, or an injected one)", Required: true},
 			&cli.BoolFlag{Name: "merge", Usage: "fold the task into the base weights"},
@@ -70,7 +74,7 @@ func exportCommand() *cli.Command {
 			&cli.StringFlag{Name: "split", Usage: "split of --data to take the parity samples from", Value: "test"},
 			&cli.IntFlag{Name: "samples", Usage: "inputs the parity check runs", Value: 4},
 			&cli.BoolFlag{Name: "json", Usage: "print machine-readable JSON"},
-		}, adapterFlags()...),
+		}, append(quantizeFlags(), adapterFlags()...)...),
 		Action: runExport,
 	}
 }
@@ -83,6 +87,7 @@ type exportResult struct {
 	Out     string                `json:"out"` // the merged model, or DIR/NAME.onnx
 	Parity  []parityResult        `json:"parity"`
 	Merge   *export.MergeReport   `json:"merge,omitempty"`
+	Quant   *quantizeResult       `json:"quantize,omitempty"`
 	Sidecar *export.SidecarReport `json:"sidecar,omitempty"`
 }
 
@@ -94,6 +99,10 @@ type parityResult struct {
 }
 
 func runExport(c *cli.Context) error {
+	qopt, quant, err := quantizeOptions(c)
+	if err != nil {
+		return err
+	}
 	if c.String("adapters") != "" {
 		return runAdapterExport(c)
 	}
@@ -125,6 +134,9 @@ func runExport(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	if q, how := quantize.Quantized(m); q && quant {
+		return fmt.Errorf("%s is quantized already (%s); quantize from the trained fp32 model", modelPath, how)
+	}
 	if _, err := export.Plan(m); err != nil {
 		if errors.Is(err, export.ErrNotInjected) {
 			return fmt.Errorf("%s was %w", modelPath, err)
@@ -148,7 +160,12 @@ func runExport(c *cli.Context) error {
 	res := &exportResult{Model: modelPath, Base: basePath}
 	if merge {
 		res.Mode, res.Out = "merge", out
-		if res.Merge, err = exportMerged(c.App.ErrWriter, m, base, out, pc); err != nil {
+		if quant {
+			res.Merge, res.Quant, err = exportMergedQuantized(c, m, base, out, qopt, pc)
+		} else {
+			res.Merge, err = exportMerged(c.App.ErrWriter, m, base, out, pc)
+		}
+		if err != nil {
 			return err
 		}
 	} else {
@@ -164,6 +181,9 @@ func runExport(c *cli.Context) error {
 	}
 	if res.Merge != nil {
 		fmt.Fprintf(c.App.Writer, "merged %s into %s\n%s", modelPath, out, res.Merge)
+		if res.Quant != nil {
+			fmt.Fprint(c.App.Writer, res.Quant.summary())
+		}
 	} else {
 		fmt.Fprintf(c.App.Writer, "sidecar of %s\n%s", modelPath, res.Sidecar)
 	}

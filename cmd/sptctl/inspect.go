@@ -9,6 +9,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/sptctl/sptctl/internal/meta"
 	"github.com/sptctl/sptctl/onnxio"
 	"github.com/sptctl/sptctl/onnxio/onnxpb"
 	"github.com/sptctl/sptctl/surgery"
@@ -55,6 +56,9 @@ type inspectReport struct {
 	Layers     []layerInfo    `json:"layers"`
 	Head       headInfo       `json:"head"`
 	Embeddings map[string]any `json:"embeddings"`
+	// Quantization is what `export --quantize` recorded (its linear layers are no
+	// longer float MatMuls, so Layers is empty).
+	Quantization *meta.Quantization `json:"quantization,omitempty"`
 }
 
 type valueInfo struct {
@@ -87,6 +91,12 @@ type headInfo struct {
 func inspectModel(path string) (*inspectReport, error) {
 	m, g, v, err := loadViT(path)
 	if err != nil {
+		// A quantized export has no float linear layers to find: show its record.
+		if m, lerr := onnxio.Load(path); lerr == nil {
+			if qn, qerr := quantizationNote(m); qn != nil && qerr == nil {
+				return inspectQuantized(path, m, surgery.New(m), qn), nil
+			}
+		}
 		return nil, err
 	}
 	return inspectLoaded(path, m, g, v), nil
@@ -142,6 +152,10 @@ func describe(v *onnxpb.ValueInfoProto) valueInfo {
 }
 
 func (r *inspectReport) print(w io.Writer) {
+	if r.Quantization != nil {
+		r.printQuantized(w)
+		return
+	}
 	fmt.Fprintf(w, "model       %s\n", r.Model)
 	fmt.Fprintf(w, "opset       %d (%s)\n", r.Opset, r.Producer)
 	for _, in := range r.Inputs {
