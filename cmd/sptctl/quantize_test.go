@@ -5,8 +5,8 @@ import (
 	"fmt"
 	"math"
 	"os"
-	"slices"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
