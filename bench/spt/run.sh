@@ -12,7 +12,7 @@
 # rerun, so an interrupted benchmark resumes), sens/ (sensitivity summaries, sptctl's and
 # PyTorch's cross-check).
 # Knobs (environment): EPOCHS, BATCH, LR, LR_FULL, WARMUP, WD, DROPOUT, SEEDS,
-# SWEEP_TASKS, SWEEP_RANKS, SWEEP_SEEDS, TASKS, MODEL, SPTCTL. RESULTS.md states the
+# SWEEP_TASKS, SWEEP_RANKS, SWEEP_SEEDS, TASKS, MODEL, SPTCTL, CARVE_ONLY. RESULTS.md states the
 # values used; change them and the cache's runs no longer match: remove bench/cache/spt/runs.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
@@ -82,6 +82,8 @@ carve() {
 	mv "$dir.tmp" "$dir"
 }
 for t in $TASKS; do carve "$t"; done
+# CARVE_ONLY=1: stop here (bench/quantize/run.sh carves the same tasks this way)
+[ -n "${CARVE_ONLY:-}" ] && exit 0
 
 # ---------- 2. the jobs ----------
 # Every run is independent (SPT's budget is LoRA-qv's trainable count, which `allocate`

@@ -161,7 +161,8 @@ func runExport(c *cli.Context) error {
 	if merge {
 		res.Mode, res.Out = "merge", out
 		if quant {
-			res.Merge, res.Quant, err = exportMergedQuantized(c, m, base, out, qopt, pc)
+			qa := quantCheckArgs{Data: c.String("data"), Split: c.String("val-split"), MaxDrop: c.Float64("max-drop"), Limit: c.IsSet("max-drop")}
+			res.Merge, res.Quant, err = exportMergedQuantized(c.App.ErrWriter, m, base, out, qopt, pc, qa)
 		} else {
 			res.Merge, err = exportMerged(c.App.ErrWriter, m, base, out, pc)
 		}

@@ -48,13 +48,8 @@ func quantizeOptions(c *cli.Context) (opt quantize.Options, ok bool, err error) 
 		}
 		return opt, false, nil
 	}
-	switch q {
-	case "int8":
-		opt.Bits = 8
-	case "int4":
-		opt.Bits, opt.AccuracyLevel = 4, int4AccuracyLevel
-	default:
-		return opt, false, usagef("export: --quantize %q: want int8 or int4", q)
+	if opt, err = schemeOptions(q); err != nil {
+		return opt, false, usagef("export: %v", err)
 	}
 	switch {
 	case !c.Bool("merge"):
@@ -70,12 +65,32 @@ func quantizeOptions(c *cli.Context) (opt quantize.Options, ok bool, err error) 
 	if err := opt.Check(); err != nil {
 		return opt, false, usagef("export: --quantize %s: %v", q, err)
 	}
-	if opt.Bits == 4 {
-		if err := matMulNBitsSupported(); err != nil {
-			return opt, false, usagef("export: --quantize int4 needs ONNX Runtime's com.microsoft MatMulNBits kernel, which %s lacks (%v); use --quantize int8", ort.LibraryPath(), err)
-		}
+	if err := runtimeSupports(opt); err != nil {
+		return opt, false, usagef("export: %v", err)
 	}
 	return opt, true, nil
+}
+
+// schemeOptions are the quantize options of a --quantize value.
+func schemeOptions(scheme string) (quantize.Options, error) {
+	switch scheme {
+	case "int8":
+		return quantize.Options{Bits: 8}, nil
+	case "int4":
+		return quantize.Options{Bits: 4, AccuracyLevel: int4AccuracyLevel}, nil
+	}
+	return quantize.Options{}, fmt.Errorf("--quantize %q: want int8 or int4", scheme)
+}
+
+// runtimeSupports checks that the ONNX Runtime loaded has the kernels opt needs.
+func runtimeSupports(opt quantize.Options) error {
+	if opt.Bits != 4 {
+		return nil
+	}
+	if err := matMulNBitsSupported(); err != nil {
+		return fmt.Errorf("--quantize int4 needs ONNX Runtime's com.microsoft MatMulNBits kernel, which %s lacks (%v); use --quantize int8", ort.LibraryPath(), err)
+	}
+	return nil
 }
 
 // matMulNBitsSupported runs a 1×16 · 16×1 MatMulNBits in ONNX Runtime.
@@ -155,24 +170,32 @@ type quantCheck struct {
 
 // exportMergedQuantized is the merge export quantized: m (changed: it becomes the
 // merged, then the quantized model) folded into base's graph, then exportQuantized.
-func exportMergedQuantized(c *cli.Context, m, base *onnxpb.ModelProto, out string, opt quantize.Options, p *parity) (*export.MergeReport, *quantizeResult, error) {
+func exportMergedQuantized(log io.Writer, m, base *onnxpb.ModelProto, out string, opt quantize.Options, p *parity, qa quantCheckArgs) (*export.MergeReport, *quantizeResult, error) {
 	rep, err := export.Merge(m, base)
 	if err != nil {
 		return nil, nil, err
 	}
-	q, err := exportQuantized(c, m, out, opt, p.xs, p.verify)
+	q, err := exportQuantized(log, m, out, opt, p.xs, p.verify, qa)
 	if err != nil {
 		return nil, nil, err
 	}
-	fmt.Fprintf(c.App.ErrWriter, "wrote %s\n", out)
+	fmt.Fprintf(log, "wrote %s\n", out)
 	return rep, q, nil
+}
+
+// quantCheckArgs say what the quantized model is compared with the fp32 one on: a
+// split of a data folder, or (Data empty) the parity inputs.
+type quantCheckArgs struct {
+	Data, Split string
+	MaxDrop     float64 // top-1 points the quantized model may lose (with Data)
+	Limit       bool    // whether MaxDrop applies
 }
 
 // exportQuantized writes the merged model m quantized to out: the fp32 merged model
 // is written to a temporary folder and verified as every merge is (verify), then
 // quantized; the quantized model is compared with it (on --val-split of --data, or on
 // the parity inputs xs) and written only if it loses at most --max-drop points.
-func exportQuantized(c *cli.Context, m *onnxpb.ModelProto, out string, opt quantize.Options, xs []ort.Tensor, verify export.Verify) (*quantizeResult, error) {
+func exportQuantized(log io.Writer, m *onnxpb.ModelProto, out string, opt quantize.Options, xs []ort.Tensor, verify export.Verify, qa quantCheckArgs) (*quantizeResult, error) {
 	if q, how := quantize.Quantized(m); q {
 		return nil, fmt.Errorf("the merged model is quantized already (%s): quantize an fp32 model", how)
 	}
@@ -190,11 +213,10 @@ func exportQuantized(c *cli.Context, m *onnxpb.ModelProto, out string, opt quant
 		return nil, fmt.Errorf("quantize the merged model: %w", err)
 	}
 	res := &quantizeResult{Report: rep}
-	log := c.App.ErrWriter
 	fmt.Fprint(log, rep)
 	check := func(staged string) error {
-		if dir := c.String("data"); dir != "" {
-			res.Check, err = compareOnSplit(fp32, staged, dir, c.String("val-split"))
+		if qa.Data != "" {
+			res.Check, err = compareOnSplit(fp32, staged, qa.Data, qa.Split)
 		} else {
 			res.Check, err = compareOnInputs(fp32, staged, xs)
 		}
@@ -209,9 +231,9 @@ func exportQuantized(c *cli.Context, m *onnxpb.ModelProto, out string, opt quant
 			fmt.Fprintf(log, "quantization check on %d inputs (no --data): %s vs fp32 merged logits max |a−b| %.3g, relative %.3g; top class differs on %.0f%%\n",
 				k.Images, rep.Scheme, k.MaxAbs, k.Rel, 100*k.Disagreement)
 		}
-		if c.IsSet("max-drop") && k.Drop > c.Float64("max-drop") {
+		if qa.Limit && k.Drop > qa.MaxDrop {
 			return fmt.Errorf("the %s model loses %.2f points of top-1 on split %s (%.2f%% -> %.2f%%), more than --max-drop %g; nothing written",
-				rep.Scheme, k.Drop, k.Split, 100*k.Top1FP32, 100*k.Top1, c.Float64("max-drop"))
+				rep.Scheme, k.Drop, k.Split, 100*k.Top1FP32, 100*k.Top1, qa.MaxDrop)
 		}
 		return nil
 	}
@@ -438,4 +460,64 @@ func (r *inspectReport) printQuantized(w io.Writer) {
 	fmt.Fprintf(w, "quantized   %s (%d bits%s) by sptctl export --quantize\n", q.Scheme, q.Bits, bs)
 	fmt.Fprintf(w, "  operators   %s\n  weights     %s\n  activations %s\n", q.Form, q.Weights, q.Activations)
 	fmt.Fprintf(w, "  layers      %d: %s\n", len(q.Layers), strings.Join(q.Layers, " "))
+}
+
+// tuneQuantized is the quantized export in tune's report.
+type tuneQuantized struct {
+	Scheme      string     `json:"scheme"`
+	File        string     `json:"file"`
+	Top1        float64    `json:"top1"`         // test split
+	Bytes       int64      `json:"bytes"`        // the quantized model file
+	MergedBytes int64      `json:"merged_bytes"` // the fp32 merged model file
+	Check       quantCheck `json:"check"`        // export's comparison with the fp32 merged model
+}
+
+// quantize is tune's quantized export of the trained model (not changed), checked
+// on the val split (the train split when tune has none), and its eval on the test
+// split.
+func (t *tuneRun) quantize(trained *onnxpb.ModelProto, pc *parity) error {
+	opt, err := schemeOptions(t.a.Quantize)
+	if err != nil {
+		return usagef("tune: %v", err)
+	}
+	q := &tuneQuantized{Scheme: t.a.Quantize, File: t.file("merged-" + t.a.Quantize + ".onnx")}
+	split := t.a.ValSplit
+	if split == "" {
+		split = t.a.TrainSplit
+	}
+	err = t.stage("export quantized", func() error {
+		_, res, err := exportMergedQuantized(t.log, proto.Clone(trained).(*onnxpb.ModelProto), t.base, q.File, opt, pc, quantCheckArgs{Data: t.a.Data, Split: split})
+		if err != nil {
+			return err
+		}
+		q.Check = res.Check
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if q.Top1, _, err = t.eval("eval quantized", q.File); err != nil {
+		return err
+	}
+	for p, n := range map[string]*int64{q.File: &q.Bytes, t.file("merged.onnx"): &q.MergedBytes} {
+		if *n, err = fileBytes(p); err != nil {
+			return err
+		}
+	}
+	t.r.Quantized = q
+	t.r.Files["quantized"] = q.File
+	return nil
+}
+
+// fileBytes is the size of a model file with its external data side file, if any.
+func fileBytes(path string) (int64, error) {
+	st, err := os.Stat(path)
+	if err != nil {
+		return 0, err
+	}
+	n := st.Size()
+	if side, err := os.Stat(path + ".data"); err == nil {
+		n += side.Size()
+	}
+	return n, nil
 }

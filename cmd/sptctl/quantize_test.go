@@ -205,6 +205,15 @@ func TestExportQuantizeBadFlags(t *testing.T) {
 	}
 }
 
+// tune refuses a bad --quantize before it runs anything.
+func TestTuneQuantizeBadFlag(t *testing.T) {
+	dir := t.TempDir()
+	code, _, stderr := sptctl(t, "tune", "--model", "../../testdata/tv_op17_alias.onnx", "--data", dir, "--out", filepath.Join(dir, "run"), "--quantize", "int3")
+	if code != 2 || !strings.Contains(stderr, `tune: --quantize "int3": want int8 or int4`) || strings.Count(strings.TrimSpace(stderr), "\n") != 0 || exists(filepath.Join(dir, "run")) {
+		t.Errorf("exit %d: %s", code, stderr)
+	}
+}
+
 // This ONNX Runtime has the int4 kernel; the probe that refuses --quantize int4
 // elsewhere runs it and checks its answer.
 func TestMatMulNBitsProbe(t *testing.T) {

@@ -59,6 +59,7 @@ func tuneCommand() *cli.Command {
 			&cli.Float64Flag{Name: "dropout", Value: 0.1, Usage: "branch dropout"},
 			&cli.Int64Flag{Name: "seed"},
 			&cli.BoolFlag{Name: "json", Usage: "print report.json to stdout"},
+			&cli.StringFlag{Name: "quantize", Usage: "also export the merged model quantized (`int8` or int4) and evaluate it"},
 		},
 		Action: runTune,
 	}
@@ -85,6 +86,8 @@ type tuneReport struct {
 	Files     map[string]string `json:"files"`
 	// Allocation is the plan as a block × layer table (where the budget went).
 	Allocation string `json:"allocation"`
+	// Quantized is the quantized merged export (tune --quantize), or nil.
+	Quantized *tuneQuantized `json:"quantized,omitempty"`
 }
 
 type stageTime struct {
@@ -98,7 +101,16 @@ func runTune(c *cli.Context) error {
 		SensBatches: c.Int("sens-batches"), SensBatchSize: c.Int("sens-batch-size"),
 		TrainSplit: c.String("train-split"), ValSplit: c.String("val-split"), TestSplit: c.String("test-split"),
 		Epochs: c.Int("epochs"), BatchSize: c.Int("batch-size"), LR: c.Float64("lr"), WeightDecay: c.Float64("weight-decay"),
-		Warmup: c.Int("warmup"), Dropout: c.Float64("dropout"), Seed: c.Int64("seed")}
+		Warmup: c.Int("warmup"), Dropout: c.Float64("dropout"), Seed: c.Int64("seed"), Quantize: c.String("quantize")}
+	if a.Quantize != "" {
+		opt, err := schemeOptions(a.Quantize)
+		if err == nil {
+			err = runtimeSupports(opt)
+		}
+		if err != nil {
+			return usagef("tune: %v", err)
+		}
+	}
 	if a.Task == "" {
 		a.Task = taskName(a.Data)
 	}
@@ -139,6 +151,7 @@ type tuneArgs struct {
 	Epochs, BatchSize, Warmup       int
 	LR, WeightDecay, Dropout        float64
 	Seed                            int64
+	Quantize                        string // "", int8 or int4
 }
 
 // taskName is a task name made from a data folder's name.
@@ -390,8 +403,13 @@ func (t *tuneRun) export(trained *onnxpb.ModelProto) error {
 	if t.r.Merged, _, err = t.eval("eval merged", t.file("merged.onnx")); err != nil {
 		return err
 	}
-	t.r.Sidecar, _, err = t.eval("eval sidecar", t.sidecarModel())
-	return err
+	if t.r.Sidecar, _, err = t.eval("eval sidecar", t.sidecarModel()); err != nil {
+		return err
+	}
+	if t.a.Quantize != "" {
+		return t.quantize(trained, pc)
+	}
+	return nil
 }
 
 // eval is an eval stage on the test split.
@@ -421,7 +439,11 @@ func (r *tuneReport) markdown() string {
 	fmt.Fprintf(&b, "| test top-1 before training (new head) | %.2f%% |\n", 100*r.Before)
 	fmt.Fprintf(&b, "| test top-1 after training | %.2f%% (%d images) |\n", 100*r.After, r.TestN)
 	fmt.Fprintf(&b, "| merged model, ONNX Runtime | %.2f%% |\n", 100*r.Merged)
-	fmt.Fprintf(&b, "| sidecar model, ONNX Runtime | %.2f%% |\n\n", 100*r.Sidecar)
+	fmt.Fprintf(&b, "| sidecar model, ONNX Runtime | %.2f%% |\n", 100*r.Sidecar)
+	if q := r.Quantized; q != nil {
+		fmt.Fprintf(&b, "| %s merged model, ONNX Runtime | %.2f%% (%.2f MB, %.2fx the fp32 merged file) |\n", q.Scheme, 100*q.Top1, float64(q.Bytes)/1e6, float64(q.Bytes)/float64(max(q.MergedBytes, 1)))
+	}
+	b.WriteString("\n")
 	if r.Allocation != "" {
 		fmt.Fprintf(&b, "where the trainable parameters went:\n\n```\n%s```\n\n", r.Allocation)
 	}
@@ -430,7 +452,7 @@ func (r *tuneReport) markdown() string {
 		fmt.Fprintf(&b, "| %s | %.1f |\n", s.Stage, s.Seconds)
 	}
 	fmt.Fprintf(&b, "\nfiles:\n")
-	for _, k := range []string{"merged", "sidecar", "trained", "plan", "sensitivity_plot", "report"} {
+	for _, k := range []string{"merged", "quantized", "sidecar", "trained", "plan", "sensitivity_plot", "report"} {
 		if f, ok := r.Files[k]; ok {
 			fmt.Fprintf(&b, "- %s: %s\n", k, f)
 		}

@@ -22,7 +22,7 @@ func TestTuneEndToEnd(t *testing.T) {
 	}
 	out := filepath.Join(dir, "run")
 	code, stdout, stderr := sptctl(t, "tune", "--model", "../../testdata/tv_op17_alias.onnx", "--data", task, "--out", out,
-		"--budget", "10%", "--sens-batches", "2", "--epochs", "8", "--warmup", "1", "--batch-size", "32", "--lr", "5e-3", "--json")
+		"--budget", "10%", "--sens-batches", "2", "--epochs", "8", "--warmup", "1", "--batch-size", "32", "--lr", "5e-3", "--quantize", "int8", "--json")
 	if code != 0 {
 		t.Fatalf("tune: exit %d\n%s", code, stderr)
 	}
@@ -34,7 +34,12 @@ func TestTuneEndToEnd(t *testing.T) {
 	if r.After < r.Before+0.15 || r.After < 0.4 {
 		t.Errorf("test top-1 %.3f after training vs %.3f before: not clearly better (chance 0.2)", r.After, r.Before)
 	}
-	for _, f := range []string{"report.json", "report.md", "plan.json", "scores.safetensors", "sensitivity.png", "merged.onnx", "trained.onnx", "sidecar/base.data", "sidecar/task.onnx", "sidecar/task.data"} {
+	// --quantize int8: the quantized export, checked on the val split, is within 5
+	// points of the fp32 merged model on the test split and smaller.
+	if q := r.Quantized; q == nil || q.Check.Split != "val40" || q.Check.Images != 40 || q.Top1 < r.Merged-0.05 || q.Bytes >= q.MergedBytes {
+		t.Errorf("quantized export: %+v (fp32 merged top-1 %.3f)", q, r.Merged)
+	}
+	for _, f := range []string{"report.json", "report.md", "plan.json", "scores.safetensors", "sensitivity.png", "merged.onnx", "merged-int8.onnx", "trained.onnx", "sidecar/base.data", "sidecar/task.onnx", "sidecar/task.data"} {
 		if _, err := os.Stat(filepath.Join(out, f)); err != nil {
 			t.Errorf("tune did not write %s", f)
 		}
