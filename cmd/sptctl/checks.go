@@ -130,7 +130,7 @@ func checkSensitivity(c *cli.Context) error {
 	); err != nil {
 		return err
 	}
-	return guardOutputs(c, []pathArg{{"--model", c.String("model")}, {"--data", c.String("data")}},
+	return guardOutputs(c, append(modelInputs("--model", c.String("model")), pathArg{"--data", c.String("data")}),
 		[]pathArg{{"--out", c.String("out")}, {"--plot", c.String("plot")}})
 }
 
@@ -146,7 +146,7 @@ func checkAllocate(c *cli.Context) error {
 	); err != nil {
 		return err
 	}
-	return guardOutputs(c, []pathArg{{"--model", c.String("model")}, {"--scores", c.String("scores")}},
+	return guardOutputs(c, append(modelInputs("--model", c.String("model")), pathArg{"--scores", c.String("scores")}),
 		[]pathArg{{"--out", c.String("out")}})
 }
 
@@ -157,7 +157,7 @@ func checkInject(c *cli.Context) error {
 	); err != nil {
 		return err
 	}
-	return guardOutputs(c, []pathArg{{"--model", c.String("model")}, {"--plan", c.String("plan")}},
+	return guardOutputs(c, append(modelInputs("--model", c.String("model")), pathArg{"--plan", c.String("plan")}),
 		modelOut("--out", c.String("out")))
 }
 
@@ -184,7 +184,7 @@ func checkTrain(c *cli.Context) error {
 	if c.String("train-split") == "" {
 		return usagef("--train-split: want a split name")
 	}
-	return guardOutputs(c, []pathArg{{"--model", c.String("model")}, {"--data", c.String("data")}},
+	return guardOutputs(c, append(modelInputs("--model", c.String("model")), pathArg{"--data", c.String("data")}),
 		append(modelOut("--out", c.String("out")), pathArg{"--checkpoint", trainCheckpoint(c)}))
 }
 
@@ -193,7 +193,7 @@ func checkEval(c *cli.Context) error {
 }
 
 func checkRun(c *cli.Context) error {
-	return guardOutputs(c, []pathArg{{"--model", c.String("model")}, {"--input", c.String("input")}, {"--adapter", c.String("adapter")}},
+	return guardOutputs(c, append(modelInputs("--model", c.String("model")), pathArg{"--input", c.String("input")}, pathArg{"--adapter", c.String("adapter")}),
 		[]pathArg{{"--output", c.String("output")}})
 }
 
@@ -216,19 +216,19 @@ func checkFewShot(c *cli.Context) error {
 // exportInputs are the model files an export reads: those on the command line, and
 // the base model --model records when no --base is given.
 func exportInputs(c *cli.Context) []pathArg {
-	ins := []pathArg{{"--model", c.String("model")}, {"--base", c.String("base")}}
+	ins := append(modelInputs("--model", c.String("model")), modelInputs("--base", c.String("base"))...)
 	if c.String("base") == "" {
 		if md, err := readMetadata(c.String("model")); err == nil && md[meta.KeyBasePath] != "" {
 			p := md[meta.KeyBasePath]
 			if !filepath.IsAbs(p) {
 				p = filepath.Join(filepath.Dir(c.String("model")), p)
 			}
-			ins = append(ins, pathArg{"the base model", p})
+			ins = append(ins, modelInputs("the base model", p)...)
 		}
 	}
 	for _, s := range c.StringSlice("add-task") {
 		if _, p, ok := strings.Cut(s, "="); ok {
-			ins = append(ins, pathArg{"--add-task", p})
+			ins = append(ins, modelInputs("--add-task", p)...)
 		}
 	}
 	return ins
@@ -299,6 +299,6 @@ func checkTune(c *cli.Context, task string) error {
 			return usagef("--%s: want a split name", s)
 		}
 	}
-	ins := []pathArg{{"--model", c.String("model")}, {"--data", c.String("data")}}
+	ins := append(modelInputs("--model", c.String("model")), pathArg{"--data", c.String("data")})
 	return guardOutputDir(c, ins, pathArg{"--out", c.String("out")}, tuneFiles(c, task)...)
 }

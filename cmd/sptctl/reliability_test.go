@@ -635,3 +635,33 @@ func TestAllocateKeepHead(t *testing.T) {
 		t.Errorf("--keep-head --classes 5 on a 10-class head: exit %d, %q", code, stderr)
 	}
 }
+
+// TestOutputIsExternalData: an output that is the external data file of an input
+// model is refused too (the model would lose its weights).
+func TestOutputIsExternalData(t *testing.T) {
+	dir := t.TempDir()
+	m, err := onnxio.Load("../../testdata/tv_op17_dynamic.onnx")
+	if err != nil {
+		t.Fatal(err)
+	}
+	model := filepath.Join(dir, "model.onnx")
+	if err := onnxio.SaveWith(model, m, onnxio.SaveOptions{ExternalData: "weights.bin"}); err != nil {
+		t.Fatal(err)
+	}
+	weights := filepath.Join(dir, "weights.bin")
+	if got, err := externalDataFiles(model); err != nil || len(got) != 1 || got[0] != "weights.bin" {
+		t.Fatalf("externalDataFiles: %v, %v", got, err)
+	}
+	before := sha(t, weights)
+	code, _, stderr := sptctl(t, "allocate", "--model", model, "--strategy", "linear", "--out", weights)
+	if code != 1 || !strings.Contains(stderr, "external data") {
+		t.Errorf("allocate --out WEIGHTS: exit %d, %q", code, stderr)
+	}
+	if sha(t, weights) != before {
+		t.Error("the model's external data changed")
+	}
+	// A model without external data has none; a broken one is left to the loader.
+	if got, err := externalDataFiles("../../testdata/tv_op17_dynamic.onnx"); err != nil || len(got) != 0 {
+		t.Errorf("inline model: %v, %v", got, err)
+	}
+}
