@@ -52,6 +52,11 @@ type Options struct {
 	Strategy Strategy // spt (default), lora-qv, uniform, bitfit, linear, full
 	Classes  int      // task classes, for the new head; 0: the model's head size
 	HeadSeed int64    // seed of the new head (the one sensitivity ran with)
+	// Scoring and ScoringHeads record the head the scores were taken through
+	// (sensitivity.Info); HeadValues, when set, is that head, where the new head starts.
+	Scoring      string
+	ScoringHeads int
+	HeadValues   *HeadValues
 }
 
 // DefaultOptions are the reference settings: LoRA, rank 8, α 10, β 5, spt.
@@ -202,10 +207,16 @@ func Allocate(v *surgery.ViT, g *surgery.Graph, s Scores, opt Options) (*Plan, e
 	p := &Plan{
 		Version: PlanVersion, BaseFingerprint: fp, Dim: v.Dim, Blocks: len(v.Blocks), Budget: opt.Budget,
 		Options: PlanOptions{Strategy: string(opt.Strategy), Type: string(opt.Type), Rank: opt.Rank, Alpha: opt.Alpha,
-			Beta: opt.Beta, Classes: classes, HeadSeed: opt.HeadSeed, LoRAScaling: 1},
+			Beta: opt.Beta, Classes: classes, HeadSeed: opt.HeadSeed, Scoring: opt.Scoring, ScoringHeads: opt.ScoringHeads, LoRAScaling: 1},
 		Head:    HeadPlan{In: v.Head.In, Classes: classes, Params: int64(v.Head.In+1) * int64(classes), Seed: opt.HeadSeed, Weight: v.Head.Weight, Bias: v.Head.Bias},
 		Layers:  []LayerPlan{},
 		Vectors: []VectorPlan{},
+	}
+	if hv := opt.HeadValues; hv != nil {
+		if err := hv.check(v.Head.In, classes); err != nil {
+			return nil, fmt.Errorf("allocate: %w", err)
+		}
+		p.Head.Init, p.Head.Values = opt.Scoring, &HeadValues{Weight: slices.Clone(hv.Weight), Bias: slices.Clone(hv.Bias)}
 	}
 	if v.ClassToken != "" && opt.Strategy != Linear {
 		if t := g.Initializer(v.ClassToken); t != nil {

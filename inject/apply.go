@@ -22,8 +22,9 @@ type ApplyOptions struct {
 	// been made for the model's head size.
 	KeepHead bool
 	// Seed seeds the LoRA A and Adapter down-projection initializations. The new head
-	// is made with the plan's head seed (HeadInit(in, classes, plan.Head.Seed)), the
-	// head sensitivity ran with.
+	// starts from the plan's head values when it has them (the head sensitivity
+	// fitted and scored through), else HeadInit(in, classes, plan.Head.Seed): either
+	// way the head sensitivity ran with.
 	Seed int64
 	// Dropout is the ratio of a Dropout node on each branch input (0: none). ONNX
 	// Dropout is the identity at inference; the trainer applies it.

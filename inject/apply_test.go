@@ -2,6 +2,7 @@ package inject
 
 import (
 	"bytes"
+	"math"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -293,6 +294,13 @@ func TestApplyRefuses(t *testing.T) {
 		{"bad totals", func(p *Plan) { p.Totals.Total++ }, ApplyOptions{}, "totals"},
 		{"bad version", func(p *Plan) { p.Version = 3 }, ApplyOptions{}, "version 3"},
 		{"params", func(p *Plan) { p.Layers[0].Params++; p.recount() }, ApplyOptions{}, "params"},
+		{"head values size", func(p *Plan) {
+			p.Head.Values = &HeadValues{Weight: make([]float32, p.Head.In*p.Head.Classes-1), Bias: make([]float32, p.Head.Classes)}
+		}, ApplyOptions{}, "values of"},
+		{"head values NaN", func(p *Plan) {
+			p.Head.Values = &HeadValues{Weight: make([]float32, p.Head.In*p.Head.Classes), Bias: make([]float32, p.Head.Classes)}
+			p.Head.Values.Bias[1] = float32(math.NaN())
+		}, ApplyOptions{}, "NaN"},
 	} {
 		p := MixedPlan(t, b, 1)
 		if c.mod != nil {

@@ -85,6 +85,11 @@ type PlanOptions struct {
 	Beta     float64 `json:"beta"`
 	Classes  int     `json:"classes"`
 	HeadSeed int64   `json:"head_seed"`
+	// Scoring is the head the sensitivity scores were taken through (HeadRandom,
+	// HeadProbe, HeadZeroMean; empty for plans without scores or from older score
+	// files, which used HeadRandom); ScoringHeads the number of random heads averaged.
+	Scoring      string `json:"scoring,omitempty"`
+	ScoringHeads int    `json:"scoring_heads,omitempty"`
 	// LoRAScaling multiplies the LoRA branch (B·A·x). The SPT reference uses none (1).
 	LoRAScaling float64 `json:"lora_scaling"`
 }
@@ -135,6 +140,10 @@ type HeadPlan struct {
 	Seed    int64  `json:"seed"`
 	Weight  string `json:"weight"` // the base model's head initializers
 	Bias    string `json:"bias,omitempty"`
+	// Init says how a new head starts: HeadInit(in, classes, Seed) when empty, else
+	// the scoring head's name (HeadProbe, HeadZeroMean) and its Values.
+	Init   string      `json:"init,omitempty"`
+	Values *HeadValues `json:"values,omitempty"`
 }
 
 // TensorPlan is a non-block tensor trained whole: Name is its role (class_token,
@@ -298,6 +307,11 @@ func (p *Plan) validate() error {
 	}
 	if p.Head.Classes <= 0 || p.Head.Params != int64(p.Head.In+1)*int64(p.Head.Classes) {
 		return fmt.Errorf("plan head: %d params for %d classes of %d inputs", p.Head.Params, p.Head.Classes, p.Head.In)
+	}
+	if v := p.Head.Values; v != nil {
+		if err := v.check(p.Head.In, p.Head.Classes); err != nil {
+			return err
+		}
 	}
 	stated := p.Totals
 	p2 := *p

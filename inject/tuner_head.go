@@ -11,7 +11,8 @@ import (
 )
 
 // headTuner is the classifier head, always trained: a new head for the plan's classes
-// (weight truncated normal, std 0.02, bias zero, seeded with the plan's head seed, see
+// (the plan's head values, the head sensitivity fitted and scored through; else weight
+// truncated normal, std 0.02, bias zero, seeded with the plan's head seed, see
 // HeadInit) replaces the old one and the graph output's class dimension is updated;
 // or, with KeepHead, the model's own head is trained in place. A head without a bias
 // gets one (an Add after it). It folds by replacing the base head (a bias for a Gemm
@@ -47,7 +48,7 @@ func (headTuner) Inject(b *Builder, t Target) error {
 		b.addHeadBias(h, make([]float32, classes), true)
 		return nil
 	}
-	w, bias := HeadInit(h.In, int(classes), p.Head.Seed)
+	w, bias := p.Head.initial()
 	dims := []int64{classes, int64(h.In)}
 	if h.Layout == surgery.InOut {
 		t := make([]float32, len(w))

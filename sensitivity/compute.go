@@ -19,19 +19,27 @@ import (
 type Options struct {
 	Batches   int   // batches of the split to accumulate (16 in the reference)
 	BatchSize int   // images per batch (32 in the reference)
-	Classes   int   // the task's classes: the size of the fresh head the gradients flow through
-	HeadSeed  int64 // seed of that head (inject reuses it)
+	Classes   int   // the task's classes: the size of the head the gradients flow through
+	HeadSeed  int64 // seed of that head (inject reuses it); of the probe's init and order
 	Seed      int64 // seed of the batch order
 	Workers   int   // image decoders (0: one per CPU)
+	// Head is the head the gradients flow through: inject.HeadRandom (also ""), the
+	// paper's fresh seeded head; inject.HeadProbe, a linear probe fitted first on the
+	// split's features; inject.HeadZeroMean, the centred class-mean head.
+	Head string
+	// HeadSeeds averages the scores of that many random heads (HeadRandom only; 0: 1).
+	HeadSeeds int
+	Probe     ProbeOptions // HeadProbe and HeadZeroMean
 }
 
 // Compute scores the sensitivity of every weight of m's transformer blocks for a task:
-// with a fresh, seeded head for the task's classes (a zero or foreign head would make
-// every gradient zero or meaningless), the model in train mode, it accumulates the
-// squared gradient of the cross-entropy loss over the first Batches batches of split.
-// Patch and position embeddings, the class token and the head are not scored. m is not
-// changed: the head goes into a copy that only the scoring graph uses. progress, if
-// not nil, is called after each batch.
+// with a head for the task's classes (a zero or foreign head would make every
+// gradient zero or meaningless; see Options.Head for which), the model in train mode,
+// it accumulates the squared gradient of the cross-entropy loss over the first
+// Batches batches of split; with HeadSeeds > 1, the mean of that over as many random
+// heads (the same batches). Patch and position embeddings, the class token and the
+// head are not scored. m is not changed: the head goes into a copy that only the
+// scoring graph uses. progress, if not nil, is called after each batch.
 func Compute(ctx context.Context, e engine.Engine, m *onnxpb.ModelProto, split *data.Split, pre meta.Preprocess, opt Options, progress func(done, total int)) (Scores, Info, error) {
 	if opt.Batches <= 0 || opt.BatchSize <= 0 {
 		return nil, Info{}, fmt.Errorf("sensitivity: batches and batch size must be positive (got %d, %d)", opt.Batches, opt.BatchSize)
@@ -42,13 +50,77 @@ func Compute(ctx context.Context, e engine.Engine, m *onnxpb.ModelProto, split *
 	if err := inject.CheckClasses("sensitivity: classes", opt.Classes); err != nil {
 		return nil, Info{}, err
 	}
+	heads := max(opt.HeadSeeds, 1)
+	switch opt.Head {
+	case "":
+		opt.Head = inject.HeadRandom
+	case inject.HeadRandom:
+	case inject.HeadProbe, inject.HeadZeroMean:
+		if heads > 1 {
+			return nil, Info{}, fmt.Errorf("sensitivity: %d head seeds: averaging is for random heads, not %s", heads, opt.Head)
+		}
+	default:
+		return nil, Info{}, fmt.Errorf("sensitivity: unknown head %q (want %s, %s or %s)", opt.Head, inject.HeadRandom, inject.HeadProbe, inject.HeadZeroMean)
+	}
 	fp, err := onnxio.Fingerprint(m.GetGraph())
 	if err != nil {
 		return nil, Info{}, err
 	}
-	scoring, targets, err := scoringModel(m, opt)
+	info := Info{Fingerprint: fp, Classes: opt.Classes, HeadSeed: opt.HeadSeed, BatchSize: opt.BatchSize, Head: opt.Head, HeadSeeds: heads}
+	var values *inject.HeadValues
+	if opt.Head != inject.HeadRandom {
+		po := opt.Probe.withDefaults()
+		f, err := headFeatures(ctx, e, m, split, pre, opt, po)
+		if err != nil {
+			return nil, Info{}, err
+		}
+		if opt.Head == inject.HeadProbe {
+			values = fitProbe(f, opt.Classes, opt.HeadSeed, po)
+		} else {
+			values = classMeanHead(f, opt.Classes)
+		}
+		info.HeadValues, info.HeadTop1, info.HeadExamples = values, top1(values, f, opt.Classes), f.n
+	}
+	var scores Scores
+	for k := 0; k < heads; k++ {
+		var n Info
+		s, err := scoreThrough(ctx, e, m, split, pre, opt, headSeed(opt.HeadSeed, k), values, &n, func(done, total int) {
+			if progress != nil {
+				progress(k*total+done, heads*total)
+			}
+		})
+		if err != nil {
+			return nil, Info{}, err
+		}
+		info.Batches, info.Examples = n.Batches, n.Examples
+		if scores == nil {
+			scores = s
+			continue
+		}
+		for name, x := range s {
+			acc := scores[name]
+			for i := range acc {
+				acc[i] += x[i]
+			}
+		}
+	}
+	if heads > 1 {
+		inv := 1 / float32(heads)
+		for _, acc := range scores {
+			for i := range acc {
+				acc[i] *= inv
+			}
+		}
+	}
+	return scores, info, nil
+}
+
+// scoreThrough accumulates Σ grad² of the scored initializers over the scoring
+// batches through one head: values if not nil, else HeadInit with headSeed.
+func scoreThrough(ctx context.Context, e engine.Engine, m *onnxpb.ModelProto, split *data.Split, pre meta.Preprocess, opt Options, headSeed int64, values *inject.HeadValues, info *Info, progress func(done, total int)) (Scores, error) {
+	scoring, targets, err := scoringModel(m, opt.Classes, headSeed, opt.Head, values)
 	if err != nil {
-		return nil, Info{}, err
+		return nil, err
 	}
 	var prog engine.Program
 	if err := e.Do(func() error {
@@ -56,14 +128,13 @@ func Compute(ctx context.Context, e engine.Engine, m *onnxpb.ModelProto, split *
 		prog, err = e.Compile(scoring, engine.Options{Trainable: targets})
 		return err
 	}); err != nil {
-		return nil, Info{}, fmt.Errorf("sensitivity: %w", err)
+		return nil, fmt.Errorf("sensitivity: %w", err)
 	}
 	scoring = nil // compiled: the executor holds the weights now
 	defer e.Do(func() error { prog.Close(); return nil })
 
-	info := Info{Fingerprint: fp, Classes: opt.Classes, HeadSeed: opt.HeadSeed, BatchSize: opt.BatchSize}
-	if err := accumulate(ctx, e, prog, split, pre, opt, &info, progress); err != nil {
-		return nil, Info{}, err
+	if err := accumulate(ctx, e, prog, split, pre, opt, info, progress); err != nil {
+		return nil, err
 	}
 	scores := Scores{}
 	err = e.Do(func() error {
@@ -77,16 +148,17 @@ func Compute(ctx context.Context, e engine.Engine, m *onnxpb.ModelProto, split *
 		return nil
 	})
 	if err != nil {
-		return nil, Info{}, err
+		return nil, err
 	}
-	return scores, info, nil
+	return scores, nil
 }
 
 // scoringModel returns the graph the gradients are taken on: a shallow copy of m
-// whose graph has m's nodes and initializers plus a fresh head for the task (the plan
-// of the "linear" strategy: the head alone). m's own graph is left as it was; the
-// copy shares m's unchanged initializers. It also returns the scored initializers.
-func scoringModel(m *onnxpb.ModelProto, opt Options) (*onnxpb.ModelProto, []string, error) {
+// whose graph has m's nodes and initializers plus a head for the task (the plan of
+// the "linear" strategy: the head alone; values, or HeadInit with headSeed). m's own
+// graph is left as it was; the copy shares m's unchanged initializers. It also
+// returns the scored initializers.
+func scoringModel(m *onnxpb.ModelProto, classes int, headSeed int64, head string, values *inject.HeadValues) (*onnxpb.ModelProto, []string, error) {
 	c := surgery.ShallowCopy(m)
 	g := surgery.New(c)
 	v, err := surgery.FindViT(g)
@@ -94,7 +166,8 @@ func scoringModel(m *onnxpb.ModelProto, opt Options) (*onnxpb.ModelProto, []stri
 		return nil, nil, err
 	}
 	targets := scoredInitializers(v)
-	plan, err := inject.Allocate(v, g, nil, inject.Options{Strategy: inject.Linear, Type: inject.LoRA, Rank: 1, Alpha: 1, Beta: 1, Classes: opt.Classes, HeadSeed: opt.HeadSeed})
+	plan, err := inject.Allocate(v, g, nil, inject.Options{Strategy: inject.Linear, Type: inject.LoRA, Rank: 1, Alpha: 1, Beta: 1,
+		Classes: classes, HeadSeed: headSeed, Scoring: head, HeadValues: values})
 	if err != nil {
 		return nil, nil, fmt.Errorf("sensitivity: %w", err)
 	}

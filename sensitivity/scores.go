@@ -1,6 +1,7 @@
 package sensitivity
 
 import (
+	"cmp"
 	"fmt"
 	"math"
 	"slices"
@@ -28,7 +29,23 @@ type Info struct {
 	// Shapes holds each score tensor's shape as the file states it (Read fills it;
 	// CheckModel compares it with the model's initializers).
 	Shapes map[string][]int64
+	// Head is the head the gradients flowed through (inject.HeadRandom, HeadProbe,
+	// HeadZeroMean); HeadSeeds the number of random heads averaged.
+	Head      string
+	HeadSeeds int
+	// HeadValues is the probe's or zero-mean head (nil for random heads): the head
+	// allocate puts in the plan and inject starts from. HeadTop1 is its top-1 on the
+	// HeadExamples images whose features made it.
+	HeadValues   *inject.HeadValues `json:"-"`
+	HeadTop1     float64            `json:",omitempty"`
+	HeadExamples int                `json:",omitempty"`
 }
+
+// Names of the head's values in a score file: not initializers of the model.
+const (
+	headWeightTensor = "sptctl:head.weight"
+	headBiasTensor   = "sptctl:head.bias"
+)
 
 // Write stores scores and info as safetensors at path (atomically); shapes come from
 // the model's initializers.
@@ -41,7 +58,19 @@ func Write(path string, m *onnxpb.ModelProto, s Scores, info Info) error {
 		"batches":     strconv.Itoa(info.Batches),
 		"batch_size":  strconv.Itoa(info.BatchSize),
 		"examples":    strconv.Itoa(info.Examples),
+		"head":        cmp.Or(info.Head, inject.HeadRandom),
+		"head_seeds":  strconv.Itoa(max(info.HeadSeeds, 1)),
 	}}
+	if h := info.HeadValues; h != nil {
+		classes := int64(len(h.Bias))
+		if classes == 0 || int64(len(h.Weight))%classes != 0 {
+			return fmt.Errorf("write %s: head values of %d weights and %d biases", path, len(h.Weight), len(h.Bias))
+		}
+		f.Metadata["head_top1"] = strconv.FormatFloat(info.HeadTop1, 'g', -1, 64)
+		f.Metadata["head_examples"] = strconv.Itoa(info.HeadExamples)
+		f.Tensors[headWeightTensor] = safetensors.Tensor{Shape: []int64{classes, int64(len(h.Weight)) / classes}, Data: h.Weight}
+		f.Tensors[headBiasTensor] = safetensors.Tensor{Shape: []int64{classes}, Data: h.Bias}
+	}
 	shapes := map[string][]int64{}
 	for _, t := range m.GetGraph().GetInitializer() {
 		shapes[t.GetName()] = t.Dims
@@ -87,9 +116,14 @@ func Read(path string) (Scores, Info, error) {
 		return nil, Info{}, fmt.Errorf("read %s: metadata batches, batch_size or examples out of range", path)
 	}
 	info.Classes, info.Batches, info.BatchSize, info.Examples = int(classes), int(batches), int(batchSize), int(examples)
+	if err := readHead(path, f, &info); err != nil {
+		return nil, Info{}, err
+	}
 	names := make([]string, 0, len(f.Tensors))
 	for name := range f.Tensors {
-		names = append(names, name)
+		if name != headWeightTensor && name != headBiasTensor {
+			names = append(names, name)
+		}
 	}
 	sort.Strings(names) // the first bad tensor reported is the same every time
 	s := Scores{}
@@ -138,5 +172,43 @@ func (info Info) CheckModel(path string, m *onnxpb.ModelProto) error {
 			return fmt.Errorf("tensor %q: scores of shape %v, but the initializer in %s has shape %v", name, shape, path, t.Dims)
 		}
 	}
+	return nil
+}
+
+// readHead reads the head the scores were taken with. Files written before the head
+// was a choice have no head keys: a random head.
+func readHead(path string, f *safetensors.File, info *Info) error {
+	md := f.Metadata
+	info.Head, info.HeadSeeds = cmp.Or(md["head"], inject.HeadRandom), 1
+	switch info.Head {
+	case inject.HeadRandom, inject.HeadProbe, inject.HeadZeroMean:
+	default:
+		return fmt.Errorf("read %s: metadata head = %q is not a head sptctl knows", path, info.Head)
+	}
+	if s := md["head_seeds"]; s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 || n > math.MaxInt32 {
+			return fmt.Errorf("read %s: metadata head_seeds = %q: want a count of heads", path, s)
+		}
+		info.HeadSeeds = n
+	}
+	hw, okW := f.Tensors[headWeightTensor]
+	hb, okB := f.Tensors[headBiasTensor]
+	if !okW && !okB {
+		return nil
+	}
+	if !okW || !okB || len(hb.Data) != info.Classes || len(hw.Data)%info.Classes != 0 {
+		return fmt.Errorf("read %s: head values: want a weight [%d, in] and a bias [%d]", path, info.Classes, info.Classes)
+	}
+	info.HeadValues = &inject.HeadValues{Weight: hw.Data, Bias: hb.Data}
+	var err error
+	if info.HeadTop1, err = strconv.ParseFloat(md["head_top1"], 64); err != nil {
+		return fmt.Errorf("read %s: metadata head_top1 = %q is not a number", path, md["head_top1"])
+	}
+	n, err := strconv.Atoi(md["head_examples"])
+	if err != nil || n < 0 {
+		return fmt.Errorf("read %s: metadata head_examples = %q is not a count", path, md["head_examples"])
+	}
+	info.HeadExamples = n
 	return nil
 }

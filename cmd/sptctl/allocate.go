@@ -98,6 +98,10 @@ func allocatePlan(log io.Writer, g *surgery.Graph, v *surgery.ViT, scores sensit
 			fmt.Fprintf(log, "warning: --classes %d, but the scores were taken with a %d-class head\n", opt.Classes, info.Classes)
 		}
 		opt.HeadSeed = info.HeadSeed
+		opt.Scoring, opt.ScoringHeads = info.Head, info.HeadSeeds
+		if !keepHead {
+			opt.HeadValues = info.HeadValues // the new head starts where scoring looked
+		}
 	}
 	var s inject.Scores
 	if scores != nil {

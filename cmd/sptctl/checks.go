@@ -127,6 +127,7 @@ func checkSensitivity(c *cli.Context) error {
 		intIn(c, "classes", 1, maxClasses, true),
 		floatIn(c, "top", 0, false, 1, true),
 		checkPlot(c),
+		checkHead(c),
 	); err != nil {
 		return err
 	}
@@ -281,6 +282,7 @@ func checkTune(c *cli.Context, task string) error {
 		intIn(c, "rank", 1, maxRank, false),
 		intIn(c, "sens-batches", 1, maxBatches, false),
 		intIn(c, "sens-batch-size", 1, maxBatchSize, false),
+		checkHead(c),
 		intIn(c, "epochs", 1, maxEpochs, false),
 		intIn(c, "batch-size", 1, maxBatchSize, false),
 		floatIn(c, "lr", 0, false, math.Inf(1), false),

@@ -21,10 +21,10 @@ func sensitivityCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "sensitivity",
 		Usage: "score every block weight's sensitivity for a task (Σ grad² over a few batches)",
-		Description: "sensitivity runs the model in train mode, with a fresh seeded head for the task's\n" +
-			"classes, on the first --batches batches of the training split and sums the squared\n" +
-			"gradients of the cross-entropy loss for every weight of the transformer blocks.\n" +
-			"The scores go to a safetensors file (one tensor per initializer) for `allocate`.",
+		Description: "sensitivity runs the model in train mode, with a head for the task's classes, on\n" +
+			"the first --batches batches of the training split and sums the squared gradients of\n" +
+			"the cross-entropy loss for every weight of the transformer blocks. The scores go to\n" +
+			"a safetensors file (one tensor per initializer) for `allocate`.\n\n" + headHelp,
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "model", Usage: "base model (ONNX)", Required: true},
 			&cli.StringFlag{Name: "data", Usage: "task data folder (VTAB-1k lists, ImageFolder or IDX)", Required: true},
@@ -32,7 +32,9 @@ func sensitivityCommand() *cli.Command {
 			&cli.IntFlag{Name: "batches", Usage: "batches to accumulate", Value: 16},
 			&cli.IntFlag{Name: "batch-size", Usage: "images per batch", Value: 32},
 			&cli.IntFlag{Name: "classes", Usage: "task classes (default: from the data)"},
-			&cli.Int64Flag{Name: "head-seed", Usage: "seed of the task head (inject reuses it)"},
+			&cli.StringFlag{Name: "head", Usage: "head the gradients flow through: random | probe | zero-mean", Value: defaultHead},
+			&cli.IntFlag{Name: "head-seeds", Usage: "average the scores of this many random heads (--head random)", Value: 1},
+			&cli.Int64Flag{Name: "head-seed", Usage: "seed of the task head (inject reuses it) or of the probe"},
 			&cli.Int64Flag{Name: "seed", Usage: "seed of the batch order"},
 			&cli.StringFlag{Name: "out", Usage: "score file to write", Value: "scores.safetensors"},
 			&cli.StringFlag{Name: "plot", Usage: "also draw where the sensitive weights are (PNG)"},
@@ -87,7 +89,7 @@ func runSensitivity(c *cli.Context) (*sensitivityReport, error) {
 	defer w.Close()
 	a := sensitivityArgs{
 		Opt: sensitivity.Options{Batches: c.Int("batches"), BatchSize: c.Int("batch-size"), Classes: classes,
-			HeadSeed: c.Int64("head-seed"), Seed: c.Int64("seed")},
+			HeadSeed: c.Int64("head-seed"), Seed: c.Int64("seed"), Head: c.String("head"), HeadSeeds: c.Int("head-seeds")},
 		Top: c.Float64("top"), Out: c.String("out"), Plot: c.String("plot"), Data: c.String("data")}
 	r, _, err := scoreSensitivity(ctx, c.App.ErrWriter, w, m, v, split, pre, a)
 	if err != nil && ctx.Err() != nil {
@@ -121,7 +123,7 @@ func scoreSensitivity(ctx context.Context, log io.Writer, e engine.Engine, m *on
 	if err := sensitivity.Write(a.Out, m, scores, info); err != nil {
 		return nil, nil, err
 	}
-	fmt.Fprintf(log, "wrote %s (%d batches, %d images)\n", a.Out, info.Batches, info.Examples)
+	fmt.Fprintf(log, "wrote %s (%d batches, %d images%s)\n", a.Out, info.Batches, info.Examples, headNote(info))
 	if a.Plot != "" {
 		title := fmt.Sprintf("sensitive weights of %s", a.Data)
 		if err := writeVia(a.Plot, func(tmp string) error { return sum.Plot(tmp, title) }); err != nil {

@@ -48,6 +48,8 @@ func tuneCommand() *cli.Command {
 			&cli.IntFlag{Name: "rank", Value: 8},
 			&cli.IntFlag{Name: "sens-batches", Value: 16, Usage: "sensitivity batches"},
 			&cli.IntFlag{Name: "sens-batch-size", Value: 32, Usage: "sensitivity batch size"},
+			&cli.StringFlag{Name: "head", Value: defaultHead, Usage: "sensitivity's head: random | probe | zero-mean (spt; training starts from a probe or zero-mean head)"},
+			&cli.IntFlag{Name: "head-seeds", Value: 1, Usage: "average the sensitivity of this many random heads (spt, --head random)"},
 			&cli.StringFlag{Name: "train-split", Value: "train"},
 			&cli.StringFlag{Name: "val-split", Value: "val"},
 			&cli.StringFlag{Name: "test-split", Value: "test"},
@@ -98,7 +100,7 @@ type stageTime struct {
 func runTune(c *cli.Context) error {
 	a := tuneArgs{Model: c.String("model"), Data: c.String("data"), Out: c.String("out"), Task: c.String("task"),
 		Budget: c.String("budget"), Type: c.String("type"), Strategy: c.String("strategy"), Rank: c.Int("rank"),
-		SensBatches: c.Int("sens-batches"), SensBatchSize: c.Int("sens-batch-size"),
+		SensBatches: c.Int("sens-batches"), SensBatchSize: c.Int("sens-batch-size"), Head: c.String("head"), HeadSeeds: c.Int("head-seeds"),
 		TrainSplit: c.String("train-split"), ValSplit: c.String("val-split"), TestSplit: c.String("test-split"),
 		Epochs: c.Int("epochs"), BatchSize: c.Int("batch-size"), LR: c.Float64("lr"), WeightDecay: c.Float64("weight-decay"),
 		Warmup: c.Int("warmup"), Dropout: c.Float64("dropout"), Seed: c.Int64("seed"), Quantize: c.String("quantize")}
@@ -147,6 +149,8 @@ type tuneArgs struct {
 	Budget, Type, Strategy          string
 	Rank                            int
 	SensBatches, SensBatchSize      int
+	Head                            string // sensitivity's head (spt)
+	HeadSeeds                       int
 	TrainSplit, ValSplit, TestSplit string
 	Epochs, BatchSize, Warmup       int
 	LR, WeightDecay, Dropout        float64
@@ -258,7 +262,7 @@ func (t *tuneRun) allocate(ctx context.Context) (*inject.Plan, error) {
 			w := torch.NewWorker()
 			defer w.Close()
 			sa := sensitivityArgs{Opt: sensitivity.Options{Batches: a.SensBatches, BatchSize: a.SensBatchSize, Classes: t.ds.NumClasses(),
-				HeadSeed: a.Seed, Seed: a.Seed}, Top: 0.004, Out: t.file("scores.safetensors"), Plot: t.file("sensitivity.png"), Data: a.Data}
+				HeadSeed: a.Seed, Seed: a.Seed, Head: a.Head, HeadSeeds: a.HeadSeeds}, Top: 0.004, Out: t.file("scores.safetensors"), Plot: t.file("sensitivity.png"), Data: a.Data}
 			rep, s, err := scoreSensitivity(ctx, t.log, w, t.base, t.v, split, t.pre, sa)
 			if err != nil {
 				return err

@@ -1,0 +1,204 @@
+#!/usr/bin/env bash
+# Which head should sensitivity score through? The SPT suite's four tasks (bench/spt/run.sh,
+# the same carving and the same training schedule) scored and tuned with each head:
+#   random     the SPT paper's fresh seeded head (sptctl's rule before --head existed)
+#   random4    the mean of the scores of 4 random heads (--head-seeds 4)
+#   probe      a linear probe fitted first on the split's features (--head probe)
+#   zero-mean  the centred class-mean head (--head zero-mean)
+# Stability: the top-1% and top-5% overlap of the scores between seeds, two ways: the
+# seed as `tune` uses it (batch order and head seed), and the head seed alone (the same
+# batches). Accuracy: SPT-LoRA and SPT-Adapter with each head against LoRA-qv at LoRA-qv's
+# trainable count, 3 seeds. Results: bench/RESULTS-sensitivity.md, figures bench/figures/.
+#
+# Usage: bench/spt/heads.sh      (after `make build` and models/make-backbone.sh)
+# Knobs (environment): SEEDS, TASKS, HEADS (accuracy runs), WORKERS, and run.sh's
+# EPOCHS, BATCH, LR, WARMUP, WD, DROPOUT, MODEL, FMNIST, CACHE.
+# Runs are cached like run.sh's (bench/cache/spt/runs/, shared with it: LoRA-qv's runs are
+# the same runs); score files go to bench/cache/spt/heads/.
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+
+MODEL=${MODEL:-models/vit-fmnist.onnx}
+FMNIST=${FMNIST:-/usr/share/datasets/fashion-mnist}
+CACHE=${CACHE:-bench/cache/spt}
+RESULTS=${RESULTS:-bench/RESULTS-sensitivity.md}
+FIGURES=${FIGURES:-bench/figures}
+EPOCHS=${EPOCHS:-10}
+BATCH=${BATCH:-64}
+LR=${LR:-5e-3}
+WARMUP=${WARMUP:-1}
+WD=${WD:-1e-4}
+DROPOUT=${DROPOUT:-0.1}
+RANK=8
+SEEDS=${SEEDS:-"0 1 2"}
+TASKS=${TASKS:-"fmnist-new rotation digits inverted"}
+HEADS=${HEADS:-"random probe random4 zero-mean"}
+SENS_HEADS="random probe random4 zero-mean"
+TEST_N=${TEST_N:-1000}
+
+die() { echo "heads.sh: $*" >&2; exit 1; }
+mkdir -p "$CACHE/tasks" "$CACHE/runs" "$CACHE/heads"
+if [ -z "${SPTCTL:-}" ]; then
+	[ -x bin/sptctl ] || make build || die "make build failed"
+	cp bin/sptctl "$CACHE/sptctl-heads.tmp" && mv "$CACHE/sptctl-heads.tmp" "$CACHE/sptctl-heads" || die "cannot copy bin/sptctl"
+	SPTCTL=$CACHE/sptctl-heads
+fi
+export SPTCTL_ORT_LIB=${SPTCTL_ORT_LIB:-$PWD/third_party/onnxruntime/libonnxruntime.so.1}
+[ -f "$MODEL" ] || die "$MODEL is missing: run models/make-backbone.sh first"
+sum=$(sha256sum "$MODEL" | cut -d' ' -f1)
+if [ -f "$CACHE/model.sha256" ] && [ "$(cat "$CACHE/model.sha256")" != "$sum" ]; then
+	die "$MODEL changed since the cached runs were made: remove $CACHE/runs $CACHE/heads $CACHE/model.sha256 and rerun"
+fi
+echo "$sum" >"$CACHE/model.sha256"
+start=$(date +%s)
+
+# ---------- the tasks: carved exactly as bench/spt/run.sh carves them ----------
+carve() {
+	local t=$1 dir=$CACHE/tasks/$1
+	[ -f "$dir/test.txt" ] && return 0
+	echo "== carving task $t"
+	rm -rf "$dir" "$dir.tmp"
+	case $t in
+	fmnist-new) "$SPTCTL" data fewshot --from "$FMNIST" --classes 5-9 --train 800 --val 200 --test "$TEST_N" --seed 0 --out "$dir.tmp" ;;
+	rotation) "$SPTCTL" data fewshot --from "$FMNIST" --classes 5-9 --task rotation --train 800 --val 200 --test "$TEST_N" --seed 0 --out "$dir.tmp" ;;
+	digits) /usr/bin/python3 bench/spt/make_digits.py "$dir.tmp" --seed 0 ;;
+	inverted)
+		"$SPTCTL" data fewshot --from "$FMNIST" --classes 5-9 --train 800 --val 200 --test "$TEST_N" --seed 1 --out "$CACHE/tasks/.inverted-src" &&
+			/usr/bin/python3 bench/spt/invert.py "$CACHE/tasks/.inverted-src" "$dir.tmp" &&
+			rm -rf "$CACHE/tasks/.inverted-src"
+		;;
+	*) die "unknown task $t" ;;
+	esac
+	[ -f "$dir.tmp/test.txt" ] || die "carving $t failed"
+	mv "$dir.tmp" "$dir"
+}
+for t in $TASKS; do carve "$t"; done
+
+WORKERS=${WORKERS:-$(nproc)}
+classes() { awk '{print $2}' "$CACHE/tasks/$1/train800val200.txt" | sort -un | wc -l; }
+declare -A QV
+for t in $TASKS; do
+	f=$(mktemp "$CACHE/runs/.plan.XXXXXX")
+	QV[$t]=$("$SPTCTL" allocate --model "$MODEL" --classes "$(classes "$t")" --out "$f" --json --strategy lora-qv --type lora --rank $RANK 2>/dev/null | jq -r .trainable)
+	rm -f "$f"
+	[[ ${QV[$t]} =~ ^[0-9]+$ ]] || die "allocate --strategy lora-qv failed for $t"
+done
+# head flags of a head name
+headflags() {
+	case $1 in
+	random4) echo "--head random --head-seeds 4" ;;
+	*) echo "--head $1 --head-seeds 1" ;;
+	esac
+}
+
+queue=$CACHE/heads/.queue
+: >"$queue"
+: >"$CACHE/heads/.failed"
+job() { echo "$*" >>"$queue"; }
+# stability: sens TASK HEAD SEED HEADSEED (the seed as tune uses it; then the head seed alone)
+for t in $TASKS; do
+	for h in $SENS_HEADS; do
+		for s in $SEEDS; do job sens "$t" "$h" "$s" "$s"; done
+	done
+done
+for t in $TASKS; do
+	for h in $SENS_HEADS; do
+		[ "$h" = zero-mean ] && [ "$t" != fmnist-new ] && continue # no head seed; measured once to show it
+		for s in $SEEDS; do [ "$s" = 0 ] || job sens "$t" "$h" 0 "$s"; done
+	done
+done
+# accuracy (zero-mean last: the heads the issue asks about first)
+for pass in first last; do
+for seed in $SEEDS; do
+	for t in $TASKS; do
+		[ $pass = first ] && job "$t" lora-qv lora-qv "$seed" main $RANK 0 --strategy lora-qv --type lora --rank $RANK
+		for h in $HEADS; do
+			[ "$h" = zero-mean ] && [ $pass = first ] && continue
+			[ "$h" != zero-mean ] && [ $pass = last ] && continue
+			for ty in lora adapter; do
+				job "$t" "spt-$ty-head-$h" "spt-$ty" "$seed" "$h" $RANK "${QV[$t]}" --strategy spt --type $ty --rank $RANK --budget "${QV[$t]}" $(headflags "$h")
+			done
+		done
+	done
+done
+done
+
+# tune CPU TASK NAME METHOD SEED HEAD RANK BUDGET tune-flags... (as run.sh's tune)
+tune() {
+	local cpu=$1 task=$2 name=$3 method=$4 seed=$5 head=$6 rank=$7 budget=$8
+	shift 8
+	local out=$CACHE/runs/$task/$name/seed$seed
+	[ -f "$out/report.json" ] && return 0
+	mkdir -p "$out"
+	printf '{"task":"%s","method":"%s","group":"%s","seed":%d,"rank":%d,"budget":%d,"lr":%s}\n' \
+		"$task" "$method" "$head" "$seed" "$rank" "$budget" "$LR" >"$out/meta.json"
+	local t0=$SECONDS
+	if taskset -c "$cpu" "$SPTCTL" tune --model "$MODEL" --data "$CACHE/tasks/$task" --out "$out" --json \
+		--train-split trainval --val-split "" --test-split test \
+		--epochs "$EPOCHS" --batch-size "$BATCH" --lr "$LR" --weight-decay "$WD" --warmup "$WARMUP" \
+		--dropout "$DROPOUT" --seed "$seed" "$@" >"$out/stdout.json" 2>"$out/log.txt" && [ -f "$out/report.json" ]; then
+		printf '%s  %-10s %-24s seed %d  top-1 %5s  before %5s  trainable %7s  %4ds  (cpu %d)\n' "$(date +%H:%M:%S)" "$task" "$name" "$seed" \
+			"$(jq -r '.top1_after*1000|round/10' "$out/report.json")" "$(jq -r '.top1_before*1000|round/10' "$out/report.json")" \
+			"$(jq -r .trainable "$out/report.json")" $((SECONDS - t0)) "$cpu"
+	else
+		echo "FAILED: $task $name seed $seed (see $out/log.txt):" >&2
+		tail -5 "$out/log.txt" >&2
+		rm -f "$out/report.json"
+		echo "$task/$name/seed$seed" >>"$CACHE/heads/.failed"
+	fi
+	rm -rf "$out"/*.onnx "$out"/*.ckpt "$out/sidecar" "$out/scores.safetensors"
+}
+
+# sens CPU TASK HEAD SEED HEADSEED: a score file (and, for seed 0, the plot)
+sens() {
+	local cpu=$1 t=$2 h=$3 s=$4 hs=$5
+	local base=$CACHE/heads/$t/$h/seed$s-head$hs plot=()
+	[ -f "$base.json" ] && return 0
+	mkdir -p "$CACHE/heads/$t/$h"
+	[ "$s$hs" = 00 ] && plot=(--plot "$FIGURES/sens-head-$t-$h.png")
+	# shellcheck disable=SC2046
+	if taskset -c "$cpu" "$SPTCTL" sensitivity --model "$MODEL" --data "$CACHE/tasks/$t" --split trainval --batches 16 --batch-size 32 \
+		--seed "$s" --head-seed "$hs" $(headflags "$h") --out "$base.safetensors" "${plot[@]}" --json >"$base.json.tmp" 2>"$base.log"; then
+		mv "$base.json.tmp" "$base.json"
+		echo "$(date +%H:%M:%S)  sensitivity $t $h seed $s head seed $hs: $(tail -1 "$base.log")"
+	else
+		echo "FAILED: sensitivity $t $h $s $hs (see $base.log)" >&2
+		echo "heads/$t/$h/seed$s-head$hs" >>"$CACHE/heads/.failed"
+	fi
+}
+
+worker() {
+	local cpu=$1 line
+	while :; do
+		line=$(flock "$queue.lock" sh -c 'head -n 1 "$1"; sed -i 1d "$1"' _ "$queue")
+		[ -n "$line" ] || return 0
+		# shellcheck disable=SC2086
+		set -- $line
+		if [ "$1" = sens ]; then sens "$cpu" "$2" "$3" "$4" "$5"; else tune "$cpu" "$@"; fi
+	done
+}
+mkdir -p "$FIGURES"
+echo "== $(wc -l <"$queue") jobs (finished ones are skipped) on $WORKERS workers"
+ncpu=$(nproc)
+for ((w = 0; w < WORKERS; w++)); do worker $((w % ncpu)) & done
+wait
+rm -f "$queue" "$queue.lock"
+mapfile -t failed <"$CACHE/heads/.failed"
+
+cpu=$(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -1)
+jq -n --arg model "$MODEL" --argjson epochs "$EPOCHS" --argjson batch "$BATCH" --argjson lr "$LR" --argjson wd "$WD" \
+	--argjson warmup "$WARMUP" --argjson dropout "$DROPOUT" --argjson rank $RANK \
+	--argjson seeds "$(printf '%s\n' $SEEDS | jq -s -c 'map(tonumber)')" \
+	--argjson tasks "$(printf '%s\n' $TASKS | jq -R . | jq -s -c .)" \
+	--argjson heads "$(printf '%s\n' $HEADS | jq -R . | jq -s -c .)" \
+	--arg machine "$(nproc) CPU cores ($cpu), shared with other work; $WORKERS runs at a time, each pinned to one core" \
+	--arg date "$(date -u '+%Y-%m-%d %H:%M UTC')" \
+	'{command:"bench/spt/heads.sh", model:$model, epochs:$epochs, batch_size:$batch, lr:$lr, weight_decay:$wd, warmup:$warmup,
+	  dropout:$dropout, rank:$rank, seeds:$seeds, tasks:$tasks, heads:$heads, machine:$machine, date:$date}' >"$CACHE/heads/settings.json"
+go run ./bench/spt/heads -cache "$CACHE" -settings "$CACHE/heads/settings.json" -out "$RESULTS" -figures "$FIGURES" ||
+	die "writing $RESULTS failed"
+echo "done in $(($(date +%s) - start))s; see $RESULTS"
+if [ ${#failed[@]} -gt 0 ]; then
+	echo "failed: ${failed[*]}" >&2
+	exit 1
+fi

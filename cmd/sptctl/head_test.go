@@ -1,0 +1,168 @@
+package main
+
+import (
+	"encoding/json"
+	"path/filepath"
+	"slices"
+	"testing"
+
+	"github.com/sptctl/sptctl/data"
+	"github.com/sptctl/sptctl/inject"
+	"github.com/sptctl/sptctl/internal/meta"
+	"github.com/sptctl/sptctl/internal/safetensors"
+	"github.com/sptctl/sptctl/onnxio"
+	"github.com/sptctl/sptctl/sensitivity"
+)
+
+// TestProbeHead scores a fixture through a fitted head and follows the head through
+// the pipeline: the scores are the same bits on a second run, the score file and the
+// plan record the head, inject starts from it, and the injected model, untrained,
+// classifies the test split (under ONNX Runtime) at least as well as `--strategy
+// linear` after training with the SPT suite's schedule.
+func TestProbeHead(t *testing.T) {
+	const model = "../../testdata/tv_op17_alias.onnx"
+	dir := t.TempDir()
+	task := filepath.Join(dir, "task")
+	if err := data.FewShot(data.FewShotOptions{From: fashionMNIST, Classes: []int{0, 1, 2, 3, 4}, Train: 160, Val: 40, Test: 100, Seed: 5, Out: task}); err != nil {
+		t.Fatal(err)
+	}
+	score := func(out string, args ...string) (sensitivity.Scores, sensitivity.Info) {
+		t.Helper()
+		code, _, stderr := sptctl(t, append([]string{"sensitivity", "--model", model, "--data", task, "--batches", "2", "--batch-size", "16",
+			"--seed", "3", "--head-seed", "4", "--out", out, "--json"}, args...)...)
+		if code != 0 {
+			t.Fatalf("sensitivity %v: exit %d\n%s", args, code, stderr)
+		}
+		s, info, err := sensitivity.Read(out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s, info
+	}
+	s1, info := score(filepath.Join(dir, "s1.safetensors"), "--head", "probe")
+	s2, info2 := score(filepath.Join(dir, "s2.safetensors"), "--head", "probe")
+	if info.Head != inject.HeadProbe || info.HeadSeeds != 1 || info.HeadValues == nil || info.HeadExamples != 160 {
+		t.Fatalf("score file info %+v", info)
+	}
+	for name, a := range s1 {
+		if !slices.Equal(a, s2[name]) {
+			t.Fatalf("%s: the scores of two runs with the same seeds differ", name)
+		}
+	}
+	if !slices.Equal(info.HeadValues.Weight, info2.HeadValues.Weight) || !slices.Equal(info.HeadValues.Bias, info2.HeadValues.Bias) {
+		t.Fatal("the probe heads of two runs with the same seed differ")
+	}
+	f, err := safetensors.Read(filepath.Join(dir, "s1.safetensors"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.Metadata["head"] != "probe" || f.Metadata["head_seeds"] != "1" {
+		t.Errorf("score file metadata %v", f.Metadata)
+	}
+	// Another head seed gives another random head and other scores; the paper's rule
+	// is still the default and is recorded too.
+	s3, info3 := score(filepath.Join(dir, "s3.safetensors"))
+	if info3.Head != inject.HeadRandom || info3.HeadValues != nil {
+		t.Errorf("default head: info %+v", info3)
+	}
+	same := true
+	for name, a := range s1 {
+		same = same && slices.Equal(a, s3[name])
+	}
+	if same {
+		t.Error("probe and random heads gave the same scores")
+	}
+
+	// The plan carries the head; inject starts from it.
+	plan := filepath.Join(dir, "plan.json")
+	if code, _, stderr := sptctl(t, "allocate", "--model", model, "--scores", filepath.Join(dir, "s1.safetensors"), "--strategy", "linear", "--out", plan); code != 0 {
+		t.Fatalf("allocate: %s", stderr)
+	}
+	p, err := inject.LoadPlan(plan)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Options.Scoring != inject.HeadProbe || p.Head.Init != inject.HeadProbe || p.Head.Values == nil ||
+		!slices.Equal(p.Head.Values.Weight, info.HeadValues.Weight) || !slices.Equal(p.Head.Values.Bias, info.HeadValues.Bias) {
+		t.Fatalf("plan options %+v, head init %q", p.Options, p.Head.Init)
+	}
+	tunable := filepath.Join(dir, "tunable.onnx")
+	if code, _, stderr := sptctl(t, "inject", "--model", model, "--plan", plan, "--out", tunable); code != 0 {
+		t.Fatalf("inject: %s", stderr)
+	}
+	m, err := onnxio.Load(tunable)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stored inject.Plan
+	if ok, err := meta.Get(m, meta.KeyPlan, &stored); !ok || err != nil {
+		t.Fatalf("injected model has no plan: %v", err)
+	}
+	inits := map[string][]float32{}
+	for _, in := range m.Graph.Initializer {
+		if v, err := onnxio.Floats(in); err == nil {
+			inits[in.GetName()] = v
+		}
+	}
+	classes, in := p.Head.Classes, p.Head.In
+	for _, r := range stored.Injected {
+		got := inits[r.Init]
+		if r.Tuner != inject.KindHead {
+			continue
+		}
+		switch r.Part {
+		case inject.PartWeight: // stored [classes, in] or [in, classes]
+			want := info.HeadValues.Weight
+			if !slices.Equal(got, want) && !slices.Equal(got, transpose(want, classes, in)) {
+				t.Errorf("injected head weight is not the probe's")
+			}
+		case inject.PartBias:
+			if !slices.Equal(got, info.HeadValues.Bias) {
+				t.Errorf("injected head bias %v, the probe's %v", got, info.HeadValues.Bias)
+			}
+		}
+	}
+	top1 := func(model string) float64 {
+		t.Helper()
+		code, out, stderr := sptctl(t, "eval", "--model", model, "--data", task, "--split", "test", "--json")
+		if code != 0 {
+			t.Fatalf("eval %s: %s", model, stderr)
+		}
+		var e struct{ Top1 float64 }
+		if err := json.Unmarshal([]byte(out), &e); err != nil {
+			t.Fatal(err)
+		}
+		return e.Top1
+	}
+	probe := top1(tunable)
+
+	// --strategy linear, trained on the same split with the suite's schedule.
+	run := filepath.Join(dir, "linear")
+	code, stdout, stderr := sptctl(t, "tune", "--model", model, "--data", task, "--out", run, "--strategy", "linear",
+		"--val-split", "", "--epochs", "10", "--warmup", "1", "--batch-size", "64", "--lr", "5e-3", "--seed", "4", "--json")
+	if code != 0 {
+		t.Fatalf("tune --strategy linear: exit %d\n%s", code, stderr)
+	}
+	var r tuneReport
+	if err := json.Unmarshal([]byte(stdout), &r); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("test top-1: probe head %.3f (train %.3f), --strategy linear %.3f (untrained %.3f)", probe, info.HeadTop1, r.After, r.Before)
+	if probe < r.After {
+		t.Errorf("the probe head scores %.3f on the test split, --strategy linear %.3f", probe, r.After)
+	}
+	if probe < r.Before+0.15 {
+		t.Errorf("the probe head scores %.3f, an untrained head %.3f", probe, r.Before)
+	}
+}
+
+// transpose returns the [cols, rows] transpose of a row-major [rows, cols] matrix.
+func transpose(a []float32, rows, cols int) []float32 {
+	out := make([]float32, len(a))
+	for i := 0; i < rows; i++ {
+		for j := 0; j < cols; j++ {
+			out[j*rows+i] = a[i*cols+j]
+		}
+	}
+	return out
+}
