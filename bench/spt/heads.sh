@@ -11,8 +11,10 @@
 # trainable count, 3 seeds. Results: bench/RESULTS-sensitivity.md, figures bench/figures/.
 #
 # Usage: bench/spt/heads.sh      (after `make build` and models/make-backbone.sh)
-# Knobs (environment): SEEDS, TASKS, HEADS (accuracy runs), WORKERS, and run.sh's
-# EPOCHS, BATCH, LR, WARMUP, WD, DROPOUT, MODEL, FMNIST, CACHE.
+# Knobs (environment): SEEDS, TASKS (stability), ACC_TASKS and HEADS (accuracy runs),
+# WORKERS, LOCK (a file to flock around each batch of runs: the stability runs, then
+# each task × seed of the accuracy runs, so other heavy jobs can interleave), SPTCTL,
+# and run.sh's EPOCHS, BATCH, LR, WARMUP, WD, DROPOUT, MODEL, FMNIST, CACHE.
 # Runs are cached like run.sh's (bench/cache/spt/runs/, shared with it: LoRA-qv's runs are
 # the same runs); score files go to bench/cache/spt/heads/.
 set -uo pipefail
@@ -32,7 +34,9 @@ DROPOUT=${DROPOUT:-0.1}
 RANK=8
 SEEDS=${SEEDS:-"0 1 2"}
 TASKS=${TASKS:-"fmnist-new rotation digits inverted"}
+ACC_TASKS=${ACC_TASKS:-$TASKS}
 HEADS=${HEADS:-"random probe random4 zero-mean"}
+LOCK=${LOCK:-$CACHE/heads/.lock}
 SENS_HEADS="random probe random4 zero-mean"
 TEST_N=${TEST_N:-1000}
 
@@ -77,7 +81,7 @@ for t in $TASKS; do carve "$t"; done
 WORKERS=${WORKERS:-$(nproc)}
 classes() { awk '{print $2}' "$CACHE/tasks/$1/train800val200.txt" | sort -un | wc -l; }
 declare -A QV
-for t in $TASKS; do
+for t in $ACC_TASKS; do
 	f=$(mktemp "$CACHE/runs/.plan.XXXXXX")
 	QV[$t]=$("$SPTCTL" allocate --model "$MODEL" --classes "$(classes "$t")" --out "$f" --json --strategy lora-qv --type lora --rank $RANK 2>/dev/null | jq -r .trainable)
 	rm -f "$f"
@@ -92,36 +96,34 @@ headflags() {
 }
 
 queue=$CACHE/heads/.queue
-: >"$queue"
 : >"$CACHE/heads/.failed"
 job() { echo "$*" >>"$queue"; }
-# stability: sens TASK HEAD SEED HEADSEED (the seed as tune uses it; then the head seed alone)
-for t in $TASKS; do
-	for h in $SENS_HEADS; do
-		for s in $SEEDS; do job sens "$t" "$h" "$s" "$s"; done
-	done
-done
-for t in $TASKS; do
-	for h in $SENS_HEADS; do
-		[ "$h" = zero-mean ] && [ "$t" != fmnist-new ] && continue # no head seed; measured once to show it
-		for s in $SEEDS; do [ "$s" = 0 ] || job sens "$t" "$h" 0 "$s"; done
-	done
-done
-# accuracy (zero-mean last: the heads the issue asks about first)
-for pass in first last; do
-for seed in $SEEDS; do
+# The jobs go in batches (phases), each drained by WORKERS processes under LOCK.
+# phase_sens: stability, sens TASK HEAD SEED HEADSEED (the seed as tune uses it; then
+# the head seed alone)
+phase_sens() {
 	for t in $TASKS; do
-		[ $pass = first ] && job "$t" lora-qv lora-qv "$seed" main $RANK 0 --strategy lora-qv --type lora --rank $RANK
-		for h in $HEADS; do
-			[ "$h" = zero-mean ] && [ $pass = first ] && continue
-			[ "$h" != zero-mean ] && [ $pass = last ] && continue
-			for ty in lora adapter; do
-				job "$t" "spt-$ty-head-$h" "spt-$ty" "$seed" "$h" $RANK "${QV[$t]}" --strategy spt --type $ty --rank $RANK --budget "${QV[$t]}" $(headflags "$h")
-			done
+		for h in $SENS_HEADS; do
+			for s in $SEEDS; do job sens "$t" "$h" "$s" "$s"; done
 		done
 	done
-done
-done
+	for t in $TASKS; do
+		for h in $SENS_HEADS; do
+			[ "$h" = zero-mean ] && [ "$t" != fmnist-new ] && continue # no head seed; measured once to show it
+			for s in $SEEDS; do [ "$s" = 0 ] || job sens "$t" "$h" 0 "$s"; done
+		done
+	done
+}
+# phase_acc TASK SEED: LoRA-qv and SPT with each head
+phase_acc() {
+	local t=$1 seed=$2 h ty
+	job "$t" lora-qv lora-qv "$seed" main $RANK 0 --strategy lora-qv --type lora --rank $RANK
+	for h in $HEADS; do
+		for ty in lora adapter; do
+			job "$t" "spt-$ty-head-$h" "spt-$ty" "$seed" "$h" $RANK "${QV[$t]}" --strategy spt --type $ty --rank $RANK --budget "${QV[$t]}" $(headflags "$h")
+		done
+	done
+}
 
 # tune CPU TASK NAME METHOD SEED HEAD RANK BUDGET tune-flags... (as run.sh's tune)
 tune() {
@@ -178,11 +180,24 @@ worker() {
 	done
 }
 mkdir -p "$FIGURES"
-echo "== $(wc -l <"$queue") jobs (finished ones are skipped) on $WORKERS workers"
 ncpu=$(nproc)
-for ((w = 0; w < WORKERS; w++)); do worker $((w % ncpu)) & done
-wait
-rm -f "$queue" "$queue.lock"
+# run_phase NAME ARGS...: queue the phase's jobs, then drain them under LOCK
+run_phase() {
+	: >"$queue"
+	"$@"
+	exec 9>>"$LOCK"
+	flock 9
+	echo "== $(date +%H:%M:%S) $* : $(wc -l <"$queue") jobs (finished ones are skipped) on $WORKERS workers"
+	for ((w = 0; w < WORKERS; w++)); do worker $((w % ncpu)) & done
+	wait
+	flock -u 9
+	exec 9>&-
+	rm -f "$queue" "$queue.lock"
+}
+run_phase phase_sens
+for seed in $SEEDS; do
+	for t in $ACC_TASKS; do run_phase phase_acc "$t" "$seed"; done
+done
 mapfile -t failed <"$CACHE/heads/.failed"
 
 cpu=$(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -1)
@@ -190,11 +205,12 @@ jq -n --arg model "$MODEL" --argjson epochs "$EPOCHS" --argjson batch "$BATCH" -
 	--argjson warmup "$WARMUP" --argjson dropout "$DROPOUT" --argjson rank $RANK \
 	--argjson seeds "$(printf '%s\n' $SEEDS | jq -s -c 'map(tonumber)')" \
 	--argjson tasks "$(printf '%s\n' $TASKS | jq -R . | jq -s -c .)" \
+	--argjson acc_tasks "$(printf '%s\n' $ACC_TASKS | jq -R . | jq -s -c .)" \
 	--argjson heads "$(printf '%s\n' $HEADS | jq -R . | jq -s -c .)" \
 	--arg machine "$(nproc) CPU cores ($cpu), shared with other work; $WORKERS runs at a time, each pinned to one core" \
 	--arg date "$(date -u '+%Y-%m-%d %H:%M UTC')" \
 	'{command:"bench/spt/heads.sh", model:$model, epochs:$epochs, batch_size:$batch, lr:$lr, weight_decay:$wd, warmup:$warmup,
-	  dropout:$dropout, rank:$rank, seeds:$seeds, tasks:$tasks, heads:$heads, machine:$machine, date:$date}' >"$CACHE/heads/settings.json"
+	  dropout:$dropout, rank:$rank, seeds:$seeds, tasks:$tasks, acc_tasks:$acc_tasks, heads:$heads, machine:$machine, date:$date}' >"$CACHE/heads/settings.json"
 go run ./bench/spt/heads -cache "$CACHE" -settings "$CACHE/heads/settings.json" -out "$RESULTS" -figures "$FIGURES" ||
 	die "writing $RESULTS failed"
 echo "done in $(($(date +%s) - start))s; see $RESULTS"

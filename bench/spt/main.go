@@ -698,6 +698,7 @@ func render(set settings, runs []run, sens map[string]*sensSummary, torch map[st
 		p("## Where the sensitive weights are\n\n")
 		p("`sptctl sensitivity --json` per task (16 batches of 32 training images, head seed 0): the share of each layer's weights "+
 			"that are among the top %.2g%% most sensitive of all block weights.\n\n", 100*firstSens(sens).Summary.Top)
+		p("How much of this the random head decides, and the fitted and averaged heads compared (`--head`, `--head-seeds`): [RESULTS-sensitivity.md](RESULTS-sensitivity.md).\n\n")
 		p("![sensitivity by depth and layer type](%s)\n\n", fig("spt-sensitivity.png"))
 		kinds := firstSens(sens).Summary.Layers
 		p("| task | most sensitive block | share by block (0 → %d) | share by layer type (%s) |\n|---|---:|---|---|\n",
