@@ -33,6 +33,7 @@ type Strategy string
 const (
 	SPT     Strategy = "spt"     // sensitivity-aware allocation (the default)
 	LoRAQV  Strategy = "lora-qv" // LoRA on q and v of every block
+	QV      Strategy = "qv"      // the structured type (--type) on q and v of every block
 	Uniform Strategy = "uniform" // the structured type on all six matrices of every block
 	BitFit  Strategy = "bitfit"  // all block biases (linear biases and LayerNorm shifts)
 	Linear  Strategy = "linear"  // the head only
@@ -40,7 +41,7 @@ const (
 )
 
 // Strategies lists the strategy names, for help texts.
-var Strategies = []Strategy{SPT, LoRAQV, Uniform, BitFit, Linear, Full}
+var Strategies = []Strategy{SPT, LoRAQV, QV, Uniform, BitFit, Linear, Full}
 
 // Options control Allocate.
 type Options struct {
@@ -233,10 +234,10 @@ func Allocate(v *surgery.ViT, g *surgery.Graph, s Scores, opt Options) (*Plan, e
 		if err := allocateSPT(p, us, s, opt); err != nil {
 			return nil, err
 		}
-	case LoRAQV, Uniform:
+	case LoRAQV, QV, Uniform:
 		for i := range us {
 			u := &us[i]
-			if !u.matrix || (opt.Strategy == LoRAQV && u.lin.Kind != surgery.Q && u.lin.Kind != surgery.V) {
+			if !u.matrix || (opt.Strategy != Uniform && u.lin.Kind != surgery.Q && u.lin.Kind != surgery.V) {
 				continue
 			}
 			typ := opt.Type

@@ -530,6 +530,7 @@ func TestBaselines(t *testing.T) {
 		vectors  int
 	}{
 		{LoRAQV, Adapter, head + d + blocks*2*8*(d+d), 4, 0},
+		{QV, Adapter, head + d + blocks*2*(2*8*d+8+d), 4, 0},
 		{Uniform, LoRA, head + d + blocks*8*(4*(d+d)+2*(d+mlp)), 12, 0},
 		{Uniform, Adapter, head + d + blocks*(4*(16*d+8+d)+(16*mlp+8+mlp)+(16*d+8+d)), 12, 0},
 		{BitFit, LoRA, head + d + blocks*(7*d+mlp), 0, 16},

@@ -30,7 +30,7 @@ func allocateCommand() *cli.Command {
 			&cli.IntFlag{Name: "rank", Usage: "rank of the LoRA / Adapter modules", Value: 8},
 			&cli.Float64Flag{Name: "alpha", Usage: "a matrix gets a module if its sensitive entries ≥ module cost / alpha", Value: 10},
 			&cli.Float64Flag{Name: "beta", Usage: "a vector is tuned whole if its sensitive entries ≥ size / beta", Value: 5},
-			&cli.StringFlag{Name: "strategy", Usage: "spt | lora-qv | uniform | bitfit | linear | full", Value: "spt"},
+			&cli.StringFlag{Name: "strategy", Usage: "spt | lora-qv | qv | uniform | bitfit | linear | full", Value: "spt"},
 			&cli.IntFlag{Name: "classes", Usage: "task classes (default: from the scores, else the model's head)"},
 			&cli.BoolFlag{Name: "keep-head", Usage: "count the model's own head (for `inject --keep-head`) instead of a new one"},
 			&cli.StringFlag{Name: "out", Usage: "plan file to write", Value: "plan.json"},
@@ -176,10 +176,4 @@ func printPlan(w io.Writer, p *inject.Plan) {
 }
 
 // moduleTypes lists the structured module types for help texts ("lora | adapter | …").
-func moduleTypes() string {
-	var s []string
-	for _, t := range inject.ModuleTypes() {
-		s = append(s, string(t))
-	}
-	return strings.Join(s, " | ")
-}
+func moduleTypes() string { return strings.Join(moduleTypeNames(), " | ") }

@@ -84,6 +84,15 @@ func firstErr(errs ...error) error {
 	return nil
 }
 
+// moduleTypeNames are the registered module tuners (allocate --type).
+func moduleTypeNames() []string {
+	var s []string
+	for _, t := range inject.ModuleTypes() {
+		s = append(s, string(t))
+	}
+	return s
+}
+
 func strategies() []string {
 	var s []string
 	for _, x := range inject.Strategies {
@@ -137,7 +146,7 @@ func checkSensitivity(c *cli.Context) error {
 
 func checkAllocate(c *cli.Context) error {
 	if err := firstErr(
-		oneOf(c, "type", string(inject.LoRA), string(inject.Adapter)),
+		oneOf(c, "type", moduleTypeNames()...),
 		oneOf(c, "strategy", strategies()...),
 		intIn(c, "rank", 1, maxRank, false),
 		intIn(c, "classes", 1, maxClasses, true),
@@ -277,7 +286,7 @@ func tuneFiles(c *cli.Context, task string) []pathArg {
 // command would.
 func checkTune(c *cli.Context, task string) error {
 	if err := firstErr(
-		oneOf(c, "type", string(inject.LoRA), string(inject.Adapter)),
+		oneOf(c, "type", moduleTypeNames()...),
 		oneOf(c, "strategy", strategies()...),
 		intIn(c, "rank", 1, maxRank, false),
 		intIn(c, "sens-batches", 1, maxBatches, false),
