@@ -68,6 +68,7 @@ var registry = []struct {
 }{
 	{loraTuner{}, true},
 	{adapterTuner{}, true},
+	{doraTuner{}, true},
 	{sparseTuner{}, false},
 	{wholeTuner{}, false},
 	{headTuner{}, false},
