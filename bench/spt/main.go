@@ -34,7 +34,7 @@ import (
 // meta is what run.sh writes beside each run's report.json.
 type meta struct {
 	Task   string `json:"task"`
-	Method string `json:"method"` // linear, bitfit, lora-qv, adapter, full, spt-lora, spt-adapter
+	Method string `json:"method"` // linear, bitfit, lora-qv, adapter, full, spt-lora, spt-adapter, dora-qv, spt-dora
 	Group  string `json:"group"`  // main | sweep
 	Seed   int    `json:"seed"`
 	Rank   int    `json:"rank"`
@@ -145,7 +145,7 @@ type settings struct {
 	Upstream string            `json:"upstream"`
 }
 
-var mainMethods = []string{"linear", "bitfit", "lora-qv", "adapter", "full", "spt-lora", "spt-adapter"}
+var mainMethods = []string{"linear", "bitfit", "lora-qv", "adapter", "full", "spt-lora", "spt-adapter", "dora-qv", "spt-dora"}
 
 var methodLabel = map[string]string{
 	"linear":      "Linear probe",
@@ -155,6 +155,8 @@ var methodLabel = map[string]string{
 	"full":        "Full fine-tuning",
 	"spt-lora":    "SPT-LoRA",
 	"spt-adapter": "SPT-Adapter",
+	"dora-qv":     "DoRA-qv",
+	"spt-dora":    "SPT-DoRA",
 }
 
 func main() {
@@ -453,9 +455,11 @@ func render(set settings, runs []run, sens map[string]*sensSummary, torch map[st
 		set.Epochs, set.Batch, set.WD, set.Warmup, set.Dropout, set.LR, set.LRFull, set.Seeds)
 	p("- **Methods** (all `sptctl tune`, same code): `linear` (head only), `bitfit` (biases + head), `lora-qv` "+
 		"(LoRA rank %d on q and v of every block), `adapter` (uniform Adapter rank %d on all six matrices of every block; "+
-		"the rank whose count is closest to LoRA-qv's), `full`, and SPT with LoRA (`spt-lora`) or Adapter (`spt-adapter`) "+
+		"the rank whose count is closest to LoRA-qv's), `full`, `dora-qv` (DoRA rank %d on q and v of every block: "+
+		"W' = m ⊙ (W + BA)/‖W + BA‖ per output unit, `--strategy qv --type dora`; it trains one magnitude per output "+
+		"unit more than LoRA-qv), and SPT with LoRA (`spt-lora`), Adapter (`spt-adapter`) or DoRA (`spt-dora`) "+
 		"modules (rank %d) given **exactly LoRA-qv's trainable count of that task as budget** (`--budget N`). "+
-		"Trainable counts include the new head and the class token.\n\n", set.Rank, set.AdRank, set.Rank)
+		"Trainable counts include the new head and the class token.\n\n", set.Rank, set.AdRank, set.Rank, set.Rank)
 
 	// ---- headline
 	p("## Headline: mean test top-1 over the four tasks\n\n")
@@ -498,7 +502,8 @@ func render(set settings, runs []run, sens map[string]*sensSummary, torch map[st
 	p("Differences in test top-1 points (SPT minus baseline), mean over seeds; in brackets the two methods' seed std. " +
 		"A difference counts as a win or loss only when it exceeds both methods' std combined (√(s₁²+s₂²)); otherwise it is a tie.\n\n")
 	type pair struct{ a, b string }
-	pairs := []pair{{"spt-lora", "lora-qv"}, {"spt-adapter", "lora-qv"}, {"spt-adapter", "adapter"}, {"spt-lora", "adapter"}}
+	pairs := []pair{{"spt-lora", "lora-qv"}, {"spt-adapter", "lora-qv"}, {"spt-adapter", "adapter"}, {"spt-lora", "adapter"},
+		{"spt-dora", "dora-qv"}, {"spt-dora", "lora-qv"}}
 	p("| task |")
 	for _, pr := range pairs {
 		p(" %s − %s |", methodLabel[pr.a], methodLabel[pr.b])

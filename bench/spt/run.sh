@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The SPT benchmark: a VTAB-1k-style suite of four 1,000-example tasks, seven methods
+# The SPT benchmark: a VTAB-1k-style suite of four 1,000-example tasks, nine methods
 # from the same code (sptctl tune) at comparable budgets, three seeds, a budget sweep of
 # SPT-LoRA vs LoRA-qv, the sensitivity pattern per task; results in bench/RESULTS.md,
 # figures in bench/figures/.
@@ -12,7 +12,7 @@
 # rerun, so an interrupted benchmark resumes), sens/ (sensitivity summaries, sptctl's and
 # PyTorch's cross-check).
 # Knobs (environment): EPOCHS, BATCH, LR, LR_FULL, WARMUP, WD, DROPOUT, SEEDS,
-# SWEEP_TASKS, SWEEP_RANKS, SWEEP_SEEDS, TASKS, MODEL, SPTCTL, CARVE_ONLY. RESULTS.md states the
+# SWEEP_TASKS, SWEEP_RANKS, SWEEP_SEEDS, TASKS, JOBS, MODEL, SPTCTL, CARVE_ONLY. RESULTS.md states the
 # values used; change them and the cache's runs no longer match: remove bench/cache/spt/runs.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
@@ -119,13 +119,17 @@ done
 queue=$CACHE/runs/.queue
 : >"$queue"
 : >"$CACHE/runs/.failed"
-job() { echo "$*" >>"$queue"; }
+# JOBS, if set, is a regular expression: only the jobs whose line ("TASK NAME METHOD
+# SEED GROUP …", or "sens TASK") matches it are queued (a partial rerun).
+job() { [[ "$*" =~ ${JOBS:-.} ]] && echo "$*" >>"$queue"; return 0; }
 for t in $TASKS; do job sens "$t"; done
 for seed in $SEEDS; do
 	for t in $TASKS; do
 		job "$t" lora-qv lora-qv "$seed" main $RANK 0 --strategy lora-qv --type lora --rank $RANK
 		job "$t" spt-lora spt-lora "$seed" main $RANK "${QV[$t]}" --strategy spt --type lora --rank $RANK --budget "${QV[$t]}"
 		job "$t" spt-adapter spt-adapter "$seed" main $RANK "${QV[$t]}" --strategy spt --type adapter --rank $RANK --budget "${QV[$t]}"
+		job "$t" spt-dora spt-dora "$seed" main $RANK "${QV[$t]}" --strategy spt --type dora --rank $RANK --budget "${QV[$t]}"
+		job "$t" dora-qv dora-qv "$seed" main $RANK 0 --strategy qv --type dora --rank $RANK
 		job "$t" adapter adapter "$seed" main "${ADRANK[$t]}" 0 --strategy uniform --type adapter --rank "${ADRANK[$t]}"
 		job "$t" linear linear "$seed" main 0 0 --strategy linear
 		job "$t" bitfit bitfit "$seed" main 0 0 --strategy bitfit
