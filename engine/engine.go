@@ -14,6 +14,8 @@ type Options struct {
 	// NoFusion runs every node as written, without fusing the node chains PyTorch's
 	// exporter writes for GELU and for linear layers.
 	NoFusion bool
+	// Precision of matrix products and convolutions (see Precision); FP32 by default.
+	Precision Precision
 }
 
 // IO describes a graph input or output.

@@ -4,7 +4,7 @@
 // untimed steps. It prints one JSON line; /usr/bin/time -v around it gives peak RSS.
 //
 //	go build -o /tmp/engine ./bench/engine
-//	/tmp/engine [-batch 64] [-steps 10] [-warmup 1] [-threads 2] [-trainable all|marked] [-adamw] MODEL
+//	/tmp/engine [-batch 64] [-steps 10] [-warmup 1] [-threads 2] [-trainable all|marked] [-adamw] [-precision fp32|bf16] MODEL
 //
 // -trainable all: every float initializer gets requires_grad (full fine-tuning).
 // -trainable marked: only the initializers `sptctl inject` marked trainable (what
@@ -45,18 +45,24 @@ func main() {
 	which := flag.String("trainable", "all", "all | marked")
 	adamw := flag.Bool("adamw", false, "also do train.Fit's AdamW update after each backward")
 	cpu := flag.String("cpuprofile", "", "write a CPU profile of the timed steps here")
+	precision := flag.String("precision", "fp32", "fp32 | bf16 (matrix products and convolutions under bfloat16 autocast)")
 	flag.Parse()
 	if flag.NArg() != 1 {
 		fmt.Fprintln(os.Stderr, "usage: engine [flags] MODEL")
 		os.Exit(2)
 	}
-	if err := run(flag.Arg(0), *batch, *steps, *warm, *threads, *which, *adamw, *cpu); err != nil {
+	pc, err := engine.ChoosePrecision(*precision, engine.CPUInfo())
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "engine:", err)
+		os.Exit(1)
+	}
+	if err := run(flag.Arg(0), *batch, *steps, *warm, *threads, *which, *adamw, *cpu, pc.Precision); err != nil {
 		fmt.Fprintln(os.Stderr, "engine:", err)
 		os.Exit(1)
 	}
 }
 
-func run(path string, batch, steps, warm, threads int, which string, adamw bool, cpu string) error {
+func run(path string, batch, steps, warm, threads int, which string, adamw bool, cpu string, prec engine.Precision) error {
 	t0 := time.Now()
 	m, err := onnxio.Load(path)
 	if err != nil {
@@ -86,7 +92,7 @@ func run(path string, batch, steps, warm, threads int, which string, adamw bool,
 			}
 		}
 		var err error
-		if p, err = w.Compile(m, engine.Options{Trainable: names}); err != nil {
+		if p, err = w.Compile(m, engine.Options{Trainable: names, Precision: prec}); err != nil {
 			return err
 		}
 		for _, n := range p.Trainable() {
@@ -172,7 +178,7 @@ func run(path string, batch, steps, warm, threads int, which string, adamw bool,
 	sort.Float64s(times)
 	w.Do(func() error { p.Close(); return nil })
 	return json.NewEncoder(os.Stdout).Encode(map[string]any{
-		"impl": "sptctl", "batch": batch, "steps": steps, "threads": threads, "trainable_params": nTrain,
+		"impl": "sptctl", "precision": prec.String(), "batch": batch, "steps": steps, "threads": threads, "trainable_params": nTrain,
 		"trainable_tensors": len(names), "compile_s": compileS, "step_median_s": times[len(times)/2],
 		"images_per_s": float64(batch) / times[len(times)/2], "images_per_s_mean": float64(batch*steps) / total, "loss": loss,
 		"cpu_step_median_s": cpus[len(cpus)/2], "peak_rss_mb_after_compile": hwmCompile, "peak_rss_mb": hwmMB(), "cpu_s_per_image": cpus[len(cpus)/2] / float64(batch),

@@ -4,7 +4,7 @@ backward (and optionally an AdamW step) on a torchvision VisionTransformer, one 
 random batch, timing STEPS steps after WARMUP. Prints one JSON line.
 
   /usr/bin/python3 bench/engine/torch_fb.py --model small|vit_b_16 [--batch 64] [--steps 10]
-      [--threads 2] [--lora PLAN.json] [--adamw]
+      [--threads 2] [--lora PLAN.json] [--adamw] [--bf16]
 
 small: VisionTransformer(28, patch 7, 6 layers, 3 heads, dim 96, mlp 384, 5 classes) with a
 1-channel conv_proj, as models/make_init.py. vit_b_16: torchvision.models.vit_b_16().
@@ -12,6 +12,8 @@ Random weights (the same shapes and ops as the ONNX models sptctl runs, not the 
 values). Train mode; torchvision's ViT has dropout 0, so train == eval numerically.
 --lora PLAN: freeze everything and apply an `sptctl allocate` plan with bench/engine/lora_plan.py
 (LoRA branches, sparse entries, vectors, new head); only those are trainable.
+--bf16: the forward runs under torch.autocast("cpu", dtype=torch.bfloat16) (mixed precision:
+matrix products in bfloat16, weights and gradients fp32); the loss is taken in fp32.
 """
 import argparse, json, os, sys, time
 
@@ -44,6 +46,7 @@ def main():
     ap.add_argument("--classes", type=int, default=5)
     ap.add_argument("--lora", default="")
     ap.add_argument("--adamw", action="store_true")
+    ap.add_argument("--bf16", action="store_true", help="forward under torch.autocast('cpu', dtype=torch.bfloat16)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     t0 = time.time()
@@ -66,7 +69,12 @@ def main():
         else:
             for p in params:
                 p.grad = None if p.grad is None else p.grad.zero_()
-        loss = F.cross_entropy(m(x), y)
+        if a.bf16:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                out = m(x)
+            loss = F.cross_entropy(out.float(), y)
+        else:
+            loss = F.cross_entropy(m(x), y)
         loss.backward()
         if opt is not None:
             opt.step()
@@ -84,7 +92,7 @@ def main():
     cpus.sort()
     total = time.perf_counter() - t
     times.sort()
-    print(json.dumps({"impl": "pytorch", "batch": a.batch, "steps": a.steps, "threads": torch.get_num_threads(),
+    print(json.dumps({"impl": "pytorch", "precision": "bf16" if a.bf16 else "fp32", "batch": a.batch, "steps": a.steps, "threads": torch.get_num_threads(),
                       "trainable_params": ntrain, "trainable_tensors": len(params), "compile_s": build_s,
                       "step_median_s": times[len(times) // 2], "images_per_s": a.batch / times[len(times) // 2],
                       "images_per_s_mean": a.batch * a.steps / total, "loss": loss,

@@ -49,6 +49,7 @@ type Program struct {
 	trainable []string
 	hostCache map[*hostT]*ts.Tensor // libtorch copies of static host values
 	gradSq    map[string]*ts.Tensor // AddGradSquares' running sums
+	precision engine.Precision
 	closed    bool
 }
 
@@ -152,6 +153,7 @@ func Compile(m *onnxpb.ModelProto, opt engine.Options) (p *Program, err error) {
 		ids:       map[string]int{},
 		params:    map[string]*param{},
 		hostCache: map[*hostT]*ts.Tensor{},
+		precision: opt.Precision,
 	}
 	if p.opset == 0 {
 		p.opset = 17
@@ -496,6 +498,13 @@ func (p *Program) run(inputs map[string]*ts.Tensor, train bool) (map[string]*ts.
 		return nil, fmt.Errorf("run: %w", torchErr(err))
 	}
 	defer ts.GradSetEnabled(prev)
+	if p.precision == engine.BF16 {
+		was, err := autocastEnter()
+		if err != nil {
+			return nil, fmt.Errorf("run: %w", err)
+		}
+		defer autocastExit(was)
+	}
 
 	r := &runCtx{p: p, train: train}
 	fail := func(err error) (map[string]*ts.Tensor, error) {
@@ -558,6 +567,9 @@ func (p *Program) run(inputs map[string]*ts.Tensor, train bool) (map[string]*ts.
 			t, err = tensorFromHost(v.h)
 		default:
 			err = errors.New("not computed")
+		}
+		if err == nil && io.Type == onnxio.Float {
+			t, err = asFloat32(t) // bfloat16 under autocast
 		}
 		if err != nil {
 			for _, t := range res {

@@ -17,6 +17,9 @@ import (
 //   - linear: MatMul(x, Wᵀ) → Add(b, ·)  ⇒  linear(x, W, b) (at::linear: addmm), where
 //     Wᵀ is a 2-D float initializer (exported pre-transposed) or Transpose(W, perm 1,0)
 //     of one (constant folding off) and b a 1-D float initializer.
+//   - sparse-delta linear: MatMul over W + ScatterND(zeros, idx, v) [→ Add(b)], or
+//     Gemm over it  ⇒
+//     linear(x, W, b) + the sparse-delta op (fuse_sparse.go).
 //
 // Only chains whose intermediate values nothing else reads (and no graph output is)
 // are fused. The fused step takes the place of the chain's last node and is named
@@ -166,7 +169,21 @@ func findFusions(g *onnxpb.GraphProto) (map[*onnxpb.NodeProto]*fusion, map[*onnx
 			fused[half] = &fusion{at: half, mk: opGeluFused,
 				node: &onnxpb.NodeProto{Name: half.Name, OpType: strp("Gelu(fused Div/Erf/Add/Mul/Mul)"),
 					Input: []string{x}, Output: []string{out0(half)}}}
+		case "Gemm": // sparse-delta linear
+			if sc := matchSparseLinear(n, producer, consumers, isOutput, initOf, sole); sc != nil {
+				for _, k := range sc.nodes {
+					skip[k] = true
+				}
+				fused[sc.last] = sc.fusion()
+			}
 		case "MatMul": // linear
+			if sc := matchSparseLinear(n, producer, consumers, isOutput, initOf, sole); sc != nil {
+				for _, k := range sc.nodes {
+					skip[k] = true
+				}
+				fused[sc.last] = sc.fusion()
+				continue
+			}
 			in := n.GetInput()
 			if len(in) != 2 || out0(n) == "" {
 				continue

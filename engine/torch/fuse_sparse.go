@@ -1,0 +1,272 @@
+package torch
+
+import (
+	"fmt"
+
+	"github.com/sugarme/gotch/ts"
+
+	"github.com/sptctl/sptctl/onnxio"
+	"github.com/sptctl/sptctl/onnxio/onnxpb"
+)
+
+// Sparse-delta linear layers: the chain `sptctl inject` writes for a weight with
+// sparse trainable entries,
+//
+//	MatMul(x, W_eff) [→ Add(·, b)] or Gemm(x, W_eff, b),  W_eff = Add(W, ScatterND(…ScatterND(
+//	    ConstantOfShape(dims of W), idx₁, v₁)…, idx_k, v_k))
+//
+// (W stored [in, out] as the exporter writes it, or [out, in] behind a
+// Transpose(perm 1,0); k > 1 for the parts of a fused q/k/v weight), runs as
+// linear(x, W, b) plus the sparse-delta op (sparse.go): the forward values are the
+// same, but no zero tensor of W's size is made, W + S is never formed and backward
+// computes only the entries' gradients (W itself gets one only if it is trainable).
+
+// sparseChain is a matched chain: what the fused node reads and the nodes it replaces.
+type sparseChain struct {
+	x, w, b    string   // b "" if the MatMul's output is not followed by a bias Add
+	idx, vals  []string // per part: the ScatterND indices (initializer) and updates
+	transposed bool     // W stored [in, out] (MatMul reads it as is)
+	nodes      []*onnxpb.NodeProto
+	last       *onnxpb.NodeProto // the bias Add, or the MatMul
+}
+
+// matchSparseLinear matches the chain at n, a MatMul or a Gemm (transA 0, alpha 1,
+// beta 1: what the exporter writes for a 2-D linear layer). The helpers are
+// findFusions'.
+func matchSparseLinear(n *onnxpb.NodeProto, producer map[string]*onnxpb.NodeProto, consumers map[string][]*onnxpb.NodeProto,
+	isOutput map[string]bool, initOf func(string) (string, *onnxpb.TensorProto),
+	sole func(value, op string) *onnxpb.NodeProto) *sparseChain {
+	in := n.GetInput()
+	if len(n.GetOutput()) != 1 || len(in) < 2 {
+		return nil
+	}
+	gemm := n.GetOpType() == "Gemm"
+	c := &sparseChain{x: in[0], transposed: true, last: n}
+	if gemm {
+		if len(in) > 3 {
+			return nil
+		}
+		for _, a := range n.GetAttribute() {
+			switch a.GetName() {
+			case "transA":
+				if a.GetI() != 0 {
+					return nil
+				}
+			case "transB":
+				c.transposed = a.GetI() == 0
+			case "alpha", "beta":
+				if a.GetF() != 1 {
+					return nil
+				}
+			}
+		}
+	} else if len(in) != 2 {
+		return nil
+	}
+	only := func(v string) bool { return len(consumers[v]) == 1 && !isOutput[v] }
+	wv := in[1]
+	if p := producer[wv]; p != nil && p.GetOpType() == "Transpose" && len(p.GetInput()) == 1 && only(wv) {
+		perm := []int64{}
+		for _, a := range p.GetAttribute() {
+			if a.GetName() == "perm" {
+				perm = a.GetInts()
+			}
+		}
+		if len(perm) != 2 || perm[0] != 1 || perm[1] != 0 {
+			return nil
+		}
+		c.nodes = append(c.nodes, p)
+		c.transposed = !c.transposed
+		wv = p.GetInput()[0]
+	}
+	add := producer[wv]
+	if add == nil || add.GetOpType() != "Add" || len(add.GetInput()) != 2 || !only(wv) {
+		return nil
+	}
+	c.nodes = append(c.nodes, add)
+	var wt *onnxpb.TensorProto
+	s := ""
+	for k, v := range add.GetInput() {
+		if name, t := initOf(v); t != nil {
+			c.w, wt, s = name, t, add.GetInput()[1-k]
+			break
+		}
+	}
+	if wt == nil || wt.GetDataType() != onnxio.Float || len(wt.GetDims()) != 2 {
+		return nil
+	}
+	dims := wt.GetDims()
+	seen := map[[2]int64]bool{}
+	for {
+		p := producer[s]
+		if p == nil || !only(s) {
+			return nil
+		}
+		if p.GetOpType() == "ConstantOfShape" {
+			if !zeroFill(p) || len(p.GetInput()) != 1 {
+				return nil
+			}
+			_, st := initOf(p.GetInput()[0])
+			if st == nil {
+				return nil
+			}
+			h, err := hostFromProto(st)
+			if err != nil || h.isFloat() || len(h.i) != 2 || h.i[0] != dims[0] || h.i[1] != dims[1] {
+				return nil
+			}
+			c.nodes = append(c.nodes, p)
+			break
+		}
+		if p.GetOpType() != "ScatterND" || len(p.GetInput()) != 3 {
+			return nil
+		}
+		for _, a := range p.GetAttribute() {
+			if a.GetName() == "reduction" && string(a.GetS()) != "none" {
+				return nil
+			}
+		}
+		idxName, it := initOf(p.GetInput()[1])
+		if it == nil || it.GetDataType() != onnxio.Int64 || len(it.GetDims()) != 2 || it.GetDims()[1] != 2 {
+			return nil
+		}
+		h, err := hostFromProto(it)
+		if err != nil {
+			return nil
+		}
+		for k := 0; k+1 < len(h.i); k += 2 {
+			e := [2]int64{h.i[k], h.i[k+1]}
+			if e[0] < 0 || e[0] >= dims[0] || e[1] < 0 || e[1] >= dims[1] || seen[e] {
+				return nil // out of range (the op would fail) or written twice (order-dependent)
+			}
+			seen[e] = true
+		}
+		c.idx = append([]string{idxName}, c.idx...)
+		c.vals = append([]string{p.GetInput()[2]}, c.vals...)
+		c.nodes = append(c.nodes, p)
+		s = p.GetInput()[0]
+	}
+	if len(c.idx) == 0 {
+		return nil
+	}
+	// The bias: a 1-D float initializer of the output's size, Gemm's C or added to the
+	// MatMul's output (nothing else reading that output).
+	outDim := dims[1]
+	if !c.transposed {
+		outDim = dims[0]
+	}
+	isBias := func(v string) (string, bool) {
+		name, bt := initOf(v)
+		return name, bt != nil && bt.GetDataType() == onnxio.Float && len(bt.GetDims()) == 1 && bt.GetDims()[0] == outDim
+	}
+	if gemm {
+		if len(in) == 3 && in[2] != "" {
+			name, ok := isBias(in[2])
+			if !ok {
+				return nil
+			}
+			c.b = name
+		}
+		return c
+	}
+	if a := sole(n.GetOutput()[0], "Add"); a != nil && len(a.GetInput()) == 2 && len(a.GetOutput()) == 1 {
+		other := a.GetInput()[0]
+		if other == n.GetOutput()[0] {
+			other = a.GetInput()[1]
+		}
+		if name, ok := isBias(other); ok {
+			c.b = name
+			c.nodes = append(c.nodes, n)
+			c.last = a
+		}
+	}
+	return c
+}
+
+// zeroFill reports whether a ConstantOfShape node fills with float zero.
+func zeroFill(n *onnxpb.NodeProto) bool {
+	for _, a := range n.GetAttribute() {
+		if a.GetName() == "value" {
+			h, err := hostFromProto(a.GetT())
+			return err == nil && h.isFloat() && len(h.f) == 1 && h.f[0] == 0
+		}
+	}
+	return false // ONNX's default fill is float zero, but inject always writes it
+}
+
+// fusion returns the fused step: inputs x, W, b ("" if none), then idx and values
+// per part.
+func (c *sparseChain) fusion() *fusion {
+	in := []string{c.x, c.w, c.b}
+	for k := range c.idx {
+		in = append(in, c.idx[k], c.vals[k])
+	}
+	return &fusion{at: c.last, mk: opSparseLinear(c.transposed),
+		node: &onnxpb.NodeProto{Name: c.last.Name, OpType: strp("SparseLinear(fused MatMul/Add/ScatterND)"),
+			Input: in, Output: []string{c.last.GetOutput()[0]}}}
+}
+
+// opSparseLinear: y = linear(x, W, b) + S·x (see sparse.go), W stored [in, out]
+// (transposed) or [out, in]. The index pairs (output, input) are made once, at
+// compile time, from the ScatterND indices (in W's stored layout).
+func opSparseLinear(transposed bool) opFunc {
+	return func(c *nodeCtx) (kernel, error) {
+		var pairs []*hostT
+		for k := 3; k+1 < len(c.static); k += 2 {
+			h := c.static[k].h
+			if h == nil {
+				return nil, fmt.Errorf("sparse indices %q are not a constant", c.n.GetInput()[k])
+			}
+			p := newHostInts([]int64{int64(len(h.i) / 2), 2}, make([]int64, len(h.i)))
+			for e := 0; e+1 < len(h.i); e += 2 {
+				r, col := h.i[e], h.i[e+1]
+				if transposed { // stored [in, out]
+					r, col = col, r
+				}
+				p.i[e], p.i[e+1] = r, col
+			}
+			pairs = append(pairs, p)
+		}
+		return func(r *runCtx, in []value) ([]value, error) {
+			x, err := r.T(in[0])
+			if err != nil {
+				return nil, err
+			}
+			w, err := r.T(in[1])
+			if err != nil {
+				return nil, err
+			}
+			b := new(ts.Tensor) // undefined: no bias
+			if !in[2].none() {
+				if b, err = r.T(in[2]); err != nil {
+					return nil, err
+				}
+			}
+			if transposed { // at::linear wants [out, in]: a transposed view, no copy
+				wt, err := w.Transpose(0, 1, false)
+				if err != nil {
+					return nil, torchErr(err)
+				}
+				defer wt.Drop()
+				w = wt
+			}
+			y, err := ts.Linear(x, w, b)
+			if err != nil {
+				return nil, torchErr(err)
+			}
+			defer y.Drop()
+			var pts, vts []*ts.Tensor
+			for k, p := range pairs {
+				pt, err := r.T(value{h: p, static: true})
+				if err != nil {
+					return nil, err
+				}
+				vt, err := r.T(in[4+2*k])
+				if err != nil {
+					return nil, err
+				}
+				pts, vts = append(pts, pt), append(vts, vt)
+			}
+			return one(sparseDeltaAdd(y, x, pts, vts))
+		}, nil
+	}
+}

@@ -1,0 +1,123 @@
+package torch
+
+import (
+	"math/rand/v2"
+	"strings"
+	"testing"
+
+	"github.com/sptctl/sptctl/engine"
+	"github.com/sptctl/sptctl/inject"
+	"github.com/sptctl/sptctl/internal/fixture"
+	"github.com/sptctl/sptctl/internal/fixture/injected"
+	"github.com/sptctl/sptctl/internal/meta"
+	"github.com/sptctl/sptctl/surgery"
+)
+
+// Injected models with sparse deltas (single weights and the parts of fused q/k/v
+// weights, pre-transposed and behind a Transpose): the fused sparse-delta linear
+// layers give the same logits, loss and gradients of every trainable tensor as the
+// graph run node by node (ScatterND into zeros, Add, MatMul: dense autograd, which
+// TestBackwardParity checks against PyTorch), and every weight with sparse entries is
+// fused.
+func TestSparseLinearFusion(t *testing.T) {
+	for _, name := range []string{"tv_op17_dynamic", "tv_op13_nofold", "timm_op17", "hf_op17"} {
+		t.Run(name, func(t *testing.T) {
+			f := fixture.Load(t, fixture.Path(t, name))
+			opt := inject.DefaultOptions()
+			opt.Strategy = inject.Linear
+			opt.Classes = 3
+			p, err := inject.Allocate(f.V, f.G, nil, opt)
+			if err != nil {
+				t.Fatal(err)
+			}
+			rng := rand.New(rand.NewPCG(5, 5))
+			modes := []string{inject.ModeSparse, inject.ModeLoRA, inject.ModeSparse}
+			injected.Cycle(p, f.V, modes, func(lp inject.LayerPlan, l *surgery.Linear) bool {
+				return lp.Mode == inject.ModeSparse || l.Block == 0
+			}, rng)
+			weights := map[string]bool{}
+			for _, l := range p.Layers {
+				if len(l.Indices) > 0 {
+					weights[l.Weight] = true
+				}
+			}
+			injected.Apply(t, f.M, p, inject.ApplyOptions{Seed: 1})
+			injected.Perturb(t, f.M, rand.New(rand.NewPCG(6, 6)), nil)
+			names, err := meta.Trainable(f.M)
+			if err != nil {
+				t.Fatal(err)
+			}
+			in := f.M.GetGraph().GetInput()[0].GetType().GetTensorType().GetShape().GetDim()
+			n := 3
+			if d := in[0].GetDimValue(); d > 0 {
+				n = int(d)
+			}
+			per := 1
+			for _, d := range in[1:] {
+				per *= int(d.GetDimValue())
+			}
+			images := make([]float32, n*per)
+			for k := range images {
+				images[k] = float32(rng.NormFloat64())
+			}
+			labels := make([]int64, n)
+			for k := range labels {
+				labels[k] = int64(k % 3)
+			}
+			type result struct {
+				res   *engine.StepResult
+				grads map[string][]float32
+				fused int
+			}
+			run := func(noFusion bool) result {
+				var out result
+				onTorch(t, func() error {
+					prog, err := Compile(f.M, engine.Options{Trainable: names, NoFusion: noFusion})
+					if err != nil {
+						return err
+					}
+					defer prog.Close()
+					for _, s := range prog.steps {
+						if strings.HasPrefix(s.op, "SparseLinear") {
+							out.fused++
+						}
+					}
+					if out.res, err = prog.ForwardBackward(images, labels, n); err != nil {
+						return err
+					}
+					out.grads = map[string][]float32{}
+					for _, nm := range names {
+						if out.grads[nm], err = prog.Grad(nm); err != nil {
+							return err
+						}
+					}
+					return nil
+				})
+				return out
+			}
+			fused, plain := run(false), run(true)
+			if fused.fused != len(weights) {
+				t.Errorf("%d sparse-delta linear steps, want one per weight with sparse entries (%d)", fused.fused, len(weights))
+			}
+			if plain.fused != 0 {
+				t.Errorf("NoFusion compiled %d sparse-delta linear steps", plain.fused)
+			}
+			if abs, rel := maxDiff(fused.res.Logits, plain.res.Logits); rel > 1e-5 {
+				t.Errorf("logits: max abs %.3g, rel %.3g", abs, rel)
+			}
+			if d := fused.res.Loss - plain.res.Loss; d > 1e-5 || d < -1e-5 {
+				t.Errorf("loss %.7g, unfused %.7g", fused.res.Loss, plain.res.Loss)
+			}
+			scale := 0.0 // the largest gradient norm: some (key biases) are zero but for rounding
+			for _, nm := range names {
+				_, nb := diffNorms(plain.grads[nm], plain.grads[nm])
+				scale = max(scale, nb)
+			}
+			for _, nm := range names {
+				if d, nb := diffNorms(fused.grads[nm], plain.grads[nm]); d > 1e-4*max(nb, 1e-3*scale) {
+					t.Errorf("%s: ‖fused − unfused‖ = %.3g, ‖unfused‖ = %.3g", nm, d, nb)
+				}
+			}
+		})
+	}
+}

@@ -1,0 +1,198 @@
+package torch
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"os/exec"
+	"path/filepath"
+	"testing"
+
+	"github.com/sugarme/gotch/ts"
+
+	"github.com/sptctl/sptctl/internal/npy"
+)
+
+// The sparse-delta op against PyTorch's dense autograd (train/testdata/sparse_grad.py):
+// y = x·(W + D)ᵀ + b with D the dense delta holding the sparse entries, loss sum(r·y).
+// The op's values and its gradients for x and for every entry must equal the dense
+// ones (PyTorch's dL/dD read at the entries).
+func TestSparseDeltaGradient(t *testing.T) {
+	if err := exec.Command(oraclePython, "-c", "import torch, numpy").Run(); err != nil {
+		t.Skipf("%s with torch is needed for the oracle: %v", oraclePython, err)
+	}
+	const batch, tokens, in, out = 2, 13, 24, 40
+	rows := batch * tokens
+	rng := rand.New(rand.NewPCG(7, 11))
+	randn := func(n int) []float32 {
+		v := make([]float32, n)
+		for k := range v {
+			v[k] = float32(rng.NormFloat64())
+		}
+		return v
+	}
+	x, w, b, r := randn(rows*in), randn(out*in), randn(out), randn(rows*out)
+	// Two parts on disjoint output rows (like the q and v parts of a fused qkv
+	// weight), distinct entries each, not sorted.
+	var pairs [][]int64
+	var vals [][]float32
+	for p, n := range []int{17, 29} {
+		seen := map[[2]int64]bool{}
+		var pr []int64
+		for len(pr) < 2*n {
+			e := [2]int64{int64(p*out/2 + rng.IntN(out/2)), int64(rng.IntN(in))}
+			if !seen[e] {
+				seen[e] = true
+				pr = append(pr, e[0], e[1])
+			}
+		}
+		pairs = append(pairs, pr)
+		vals = append(vals, randn(n))
+	}
+
+	var gotY, gotDX []float32
+	var gotDV [][]float32
+	var wGrad bool
+	onTorch(t, func() error {
+		xt, err := tensorFromFloats(x, []int64{batch, tokens, in})
+		if err != nil {
+			return err
+		}
+		defer xt.Drop()
+		if err := xt.RequiresGrad_(true); err != nil {
+			return err
+		}
+		wt, err := tensorFromFloats(w, []int64{out, in})
+		if err != nil {
+			return err
+		}
+		defer wt.Drop()
+		bt, err := tensorFromFloats(b, []int64{out})
+		if err != nil {
+			return err
+		}
+		defer bt.Drop()
+		rt, err := tensorFromFloats(r, []int64{batch, tokens, out})
+		if err != nil {
+			return err
+		}
+		defer rt.Drop()
+		var pts, vts []*ts.Tensor
+		for p := range pairs {
+			pt, err := tensorFromInt64s(pairs[p], []int64{int64(len(vals[p])), 2})
+			if err != nil {
+				return err
+			}
+			defer pt.Drop()
+			vt, err := tensorFromFloats(vals[p], []int64{int64(len(vals[p]))})
+			if err != nil {
+				return err
+			}
+			defer vt.Drop()
+			if err := vt.RequiresGrad_(true); err != nil {
+				return err
+			}
+			pts, vts = append(pts, pt), append(vts, vt)
+		}
+		y, err := ts.Linear(xt, wt, bt)
+		if err != nil {
+			return err
+		}
+		defer y.Drop()
+		z, err := sparseDeltaAdd(y, xt, pts, vts)
+		if err != nil {
+			return err
+		}
+		defer z.Drop()
+		prod, err := z.Mul(rt, false)
+		if err != nil {
+			return err
+		}
+		defer prod.Drop()
+		loss, err := prod.Sum(z.DType(), false)
+		if err != nil {
+			return err
+		}
+		defer loss.Drop()
+		if err := loss.Backward(); err != nil {
+			return err
+		}
+		zd, err := z.Detach(false)
+		if err != nil {
+			return err
+		}
+		defer zd.Drop()
+		if gotY, err = copyFloats(zd); err != nil {
+			return err
+		}
+		g, err := xt.Grad(false)
+		if err != nil {
+			return err
+		}
+		defer g.Drop()
+		if gotDX, err = copyFloats(g); err != nil {
+			return err
+		}
+		for _, vt := range vts {
+			g, err := vt.Grad(false)
+			if err != nil {
+				return err
+			}
+			defer g.Drop()
+			d, err := copyFloats(g)
+			if err != nil {
+				return err
+			}
+			gotDV = append(gotDV, d)
+		}
+		wg, err := wt.Grad(false)
+		if err != nil {
+			return err
+		}
+		defer wg.Drop()
+		wGrad, err = wg.Defined()
+		return err
+	})
+
+	dir := t.TempDir()
+	save := func(name string, a *npy.Array) {
+		if err := npy.Write(filepath.Join(dir, name), a); err != nil {
+			t.Fatal(err)
+		}
+	}
+	save("x.npy", &npy.Array{Shape: []int64{batch, tokens, in}, Float32: x})
+	save("w.npy", &npy.Array{Shape: []int64{out, in}, Float32: w})
+	save("b.npy", &npy.Array{Shape: []int64{out}, Float32: b})
+	save("r.npy", &npy.Array{Shape: []int64{batch, tokens, out}, Float32: r})
+	for p := range pairs {
+		n := int64(len(vals[p]))
+		save(fmt.Sprintf("pairs%d.npy", p), &npy.Array{Shape: []int64{n, 2}, Int64: pairs[p]})
+		save(fmt.Sprintf("v%d.npy", p), &npy.Array{Shape: []int64{n}, Float32: vals[p]})
+	}
+	if o, err := exec.Command(oraclePython, filepath.Join("testdata", "sparse_grad.py"), dir).CombinedOutput(); err != nil {
+		t.Fatalf("sparse_grad.py: %v\n%s", err, o)
+	}
+	read := func(name string) []float32 {
+		a, err := npy.Read(filepath.Join(dir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return a.Float32
+	}
+	check := func(what string, got, want []float32) {
+		t.Helper()
+		if len(got) != len(want) {
+			t.Fatalf("%s: %d values, PyTorch %d", what, len(got), len(want))
+		}
+		if d, n := diffNorms(got, want); d > 1e-5*n {
+			t.Errorf("%s: ‖got − PyTorch‖ = %.3g, ‖PyTorch‖ = %.3g", what, d, n)
+		}
+	}
+	check("y", gotY, read("y.npy"))
+	check("dL/dx", gotDX, read("dx.npy"))
+	for p := range pairs {
+		check(fmt.Sprintf("dL/dv part %d", p), gotDV[p], read(fmt.Sprintf("dv%d.npy", p)))
+	}
+	if wGrad {
+		t.Error("the frozen weight got a gradient")
+	}
+}
