@@ -313,3 +313,20 @@ func checkTune(c *cli.Context, task string) error {
 	ins := append(modelInputs("--model", c.String("model")), pathArg{"--data", c.String("data")})
 	return guardOutputDir(c, ins, pathArg{"--out", c.String("out")}, tuneFiles(c, task)...)
 }
+
+// Limits on a model's declared image input: far above any ViT's, low enough that a
+// batch of images is never allocated from a bad declaration.
+const (
+	maxImageChannels = 64
+	maxImageSide     = 16384
+	maxImageValues   = 1 << 26 // C×H×W of one image: 256 MiB of float32
+)
+
+// checkImageSize refuses a declared image input too large to preprocess.
+func checkImageSize(c, h, w int64) error {
+	if c < 1 || h < 1 || w < 1 || c > maxImageChannels || h > maxImageSide || w > maxImageSide || c*h*w > maxImageValues {
+		return fmt.Errorf("declared image input %d×%d×%d is outside sptctl's limits (at most %d channels, %d pixels a side, %d values an image)",
+			c, h, w, maxImageChannels, maxImageSide, maxImageValues)
+	}
+	return nil
+}

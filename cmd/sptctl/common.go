@@ -49,11 +49,17 @@ func loadModel(path string) (*onnxpb.ModelProto, surgery.Image, int, error) {
 // preprocessFor is the preprocessing recorded in m, or the default for its input.
 func preprocessFor(m *onnxpb.ModelProto, v surgery.Image, log io.Writer) (meta.Preprocess, error) {
 	var p meta.Preprocess
+	if err := checkImageSize(v.Channels, v.Height, v.Width); err != nil {
+		return p, err
+	}
 	ok, err := meta.Get(m, meta.KeyPreprocess, &p)
 	if err != nil {
 		return p, err
 	}
 	if ok {
+		if err := checkImageSize(int64(p.Channels), int64(p.Height), int64(p.Width)); err != nil {
+			return p, fmt.Errorf("metadata %s: %w", meta.KeyPreprocess, err)
+		}
 		return p, data.CheckPreprocess(p)
 	}
 	p = data.DefaultPreprocess(int(v.Channels), int(v.Height), int(v.Width))

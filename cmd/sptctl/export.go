@@ -473,6 +473,9 @@ func modelPreprocess(m *onnxpb.ModelProto, in *imageIn) (meta.Preprocess, string
 }
 
 func choosePreprocess(p meta.Preprocess, ok bool, in *imageIn) (meta.Preprocess, string, error) {
+	if err := checkImageSize(in.C, in.H, in.W); err != nil {
+		return p, "", fmt.Errorf("input %s: %w", in.Name, err)
+	}
 	if !ok {
 		p = data.DefaultPreprocess(int(in.C), int(in.H), int(in.W))
 		return p, fmt.Sprintf("default for a %d-channel %dx%d input (mean %v, std %v; the model records none)", in.C, in.H, in.W, p.Mean, p.Std), nil

@@ -665,3 +665,34 @@ func TestOutputIsExternalData(t *testing.T) {
 		t.Errorf("inline model: %v, %v", got, err)
 	}
 }
+
+// TestHugeDeclaredInput: eval and sensitivity refuse a model whose declared image
+// input is too large to preprocess, before allocating a batch of it.
+func TestHugeDeclaredInput(t *testing.T) {
+	dir := t.TempDir()
+	task := fixture.FewShot(t, data.FewShotOptions{Classes: []int{0, 1}, Train: 4, Val: 0, Test: 2, Seed: 1, Out: filepath.Join(dir, "task")})
+	for name, shape := range map[string][]int64{"wide": {1, 3, 1 << 20, 1 << 20}, "deep": {1, 1 << 40, 32, 32}} {
+		m, err := onnxio.Load("../../testdata/tv_op17_dynamic.onnx")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ds []*onnxpb.TensorShapeProto_Dimension
+		for _, d := range shape {
+			ds = append(ds, &onnxpb.TensorShapeProto_Dimension{Value: &onnxpb.TensorShapeProto_Dimension_DimValue{DimValue: d}})
+		}
+		m.Graph.Input[0].Type.GetTensorType().Shape = &onnxpb.TensorShapeProto{Dim: ds}
+		model := filepath.Join(dir, name+".onnx")
+		if err := onnxio.Save(model, m); err != nil {
+			t.Fatal(err)
+		}
+		for _, args := range [][]string{
+			{"eval", "--model", model, "--data", task},
+			{"sensitivity", "--model", model, "--data", task, "--out", filepath.Join(dir, "s.safetensors")},
+		} {
+			code, _, stderr := sptctl(t, args...)
+			if code != 1 || !strings.Contains(stderr, "declared image input") || !strings.Contains(stderr, model) {
+				t.Errorf("%s %s: exit %d, %q", args[0], name, code, stderr)
+			}
+		}
+	}
+}

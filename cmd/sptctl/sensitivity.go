@@ -73,7 +73,7 @@ func runSensitivity(c *cli.Context) (*sensitivityReport, error) {
 	}
 	pre, err := preprocessFor(m, surgery.Image{Channels: v.Channels, Height: v.Height, Width: v.Width}, c.App.ErrWriter)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%s: %w", c.String("model"), err)
 	}
 	ds, split, err := openSplit(c.String("data"), c.String("split"), 0)
 	if err != nil {

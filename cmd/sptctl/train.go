@@ -94,7 +94,7 @@ func runTrain(c *cli.Context) (*trainReport, error) {
 	}
 	pre, err := preprocessFor(m, in, c.App.ErrWriter)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	_, trainSplit, err := openSplit(c.String("data"), c.String("train-split"), classes)
 	if err != nil {
