@@ -218,8 +218,8 @@ func rewrite(g *surgery.Graph, l *surgery.Linear, name string, opt Options) (bef
 		sName := g.AddInitializer(floatTensor(l.Weight+"_scale", []int64{int64(cols)}, scales))
 		after = int64(len(q) + 4*len(scales))
 		if opt.Form == Fused {
-			y = g.AddNode("DynamicQuantizeMatMul", name+"/DynamicQuantizeMatMul", []string{x, qName, sName}, []string{name + "/y"}).Output[0]
-			lastNode(g).Domain = proto.String(msDomain)
+			nd := g.AddNode("DynamicQuantizeMatMul", name+"/DynamicQuantizeMatMul", []string{x, qName, sName}, []string{name + "/y"})
+			nd.Domain, y = proto.String(msDomain), nd.Output[0]
 		} else {
 			dq := g.AddNode("DynamicQuantizeLinear", name+"/DynamicQuantizeLinear", []string{x}, []string{name + "/x_q", name + "/x_scale", name + "/x_zero"})
 			mm := g.AddNode("MatMulInteger", name+"/MatMulInteger", []string{dq.Output[0], qName, dq.Output[2]}, []string{name + "/y_int32"})
@@ -234,10 +234,10 @@ func rewrite(g *surgery.Graph, l *surgery.Linear, name string, opt Options) (bef
 		sName := g.AddInitializer(floatTensor(l.Weight+"_scale", []int64{int64(len(b.Scales))}, b.Scales))
 		zName := g.AddInitializer(tensor(l.Weight+"_zero", onnxpb.TensorProto_UINT8, []int64{int64(len(b.Zeros))}, b.Zeros))
 		after = int64(len(b.Codes) + 4*len(b.Scales) + len(b.Zeros))
-		y = g.AddNode("MatMulNBits", name+"/MatMulNBits", []string{x, qName, sName, zName}, []string{name + "/y"},
+		nd := g.AddNode("MatMulNBits", name+"/MatMulNBits", []string{x, qName, sName, zName}, []string{name + "/y"},
 			surgery.IntAttr("K", int64(k)), surgery.IntAttr("N", int64(cols)), surgery.IntAttr("bits", 4),
-			surgery.IntAttr("block_size", int64(opt.BlockSize)), surgery.IntAttr("accuracy_level", int64(opt.AccuracyLevel))).Output[0]
-		lastNode(g).Domain = proto.String(msDomain)
+			surgery.IntAttr("block_size", int64(opt.BlockSize)), surgery.IntAttr("accuracy_level", int64(opt.AccuracyLevel)))
+		nd.Domain, y = proto.String(msDomain), nd.Output[0]
 	}
 	if n.GetOpType() == "Gemm" && len(n.Input) > 2 && n.Input[2] != "" {
 		y = g.AddNode("Add", name+"/bias", []string{y, n.Input[2]}, []string{name + "/y_bias"}).Output[0]
@@ -253,8 +253,6 @@ func rewrite(g *surgery.Graph, l *surgery.Linear, name string, opt Options) (bef
 	g.Reindex()
 	return before, after, nil
 }
-
-func lastNode(g *surgery.Graph) *onnxpb.NodeProto { ns := g.Nodes(); return ns[len(ns)-1] }
 
 // int8PerChannel quantizes w, [k, n] row-major, per column (output channel):
 // scale[j] = max_i |w[i,j]| / 127 (1 for an all-zero column), q = round(w/scale),
