@@ -3,6 +3,8 @@
 //	quantize forms MODEL DIR
 //	    writes DIR/int8-integer.onnx and DIR/int8-fused.onnx: MODEL's linear layers in
 //	    the two 8-bit forms package export/quantize can write, to time them side by side.
+//	quantize ortversion
+//	    prints the version of the ONNX Runtime library export/ort loads.
 //	quantize latency [-runs 20] [-warmup 3] [-batch 1,8] NAME=MODEL ...
 //	    ONNX Runtime latency (package export/ort, as `sptctl eval` uses it: one thread
 //	    per core) of each model on a seeded random 224x224 batch, per batch size: every
@@ -41,6 +43,10 @@ func main() {
 		err = forms(os.Args[2:])
 	case "latency":
 		err = latency(os.Args[2:])
+	case "ortversion":
+		if err = ort.Init(); err == nil {
+			fmt.Println(ort.Version())
+		}
 	default:
 		err = fmt.Errorf("unknown command %q", os.Args[1])
 	}

@@ -17,7 +17,8 @@
 #    them (bench/quantize `forms`); latency at batch 1 and 8 with ONNX Runtime (one
 #    thread per core: 2 here), models in turn each round, median of RUNS.
 #
-# Knobs (environment): TASKS, RUNS, VIT, SKIP_TASKS=1, SKIP_VIT=1, WORKERS.
+# Knobs (environment): TASKS, RUNS, VIT, SKIP_TASKS=1, SKIP_VIT=1, WORKERS, REPORT_ONLY=1
+# (rewrite the results file from the cached runs and measurements).
 # Run under the heavy lock on the shared machine: flock /tmp/sptctl-heavy.lock bench/quantize/run.sh
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
@@ -40,7 +41,7 @@ S=$CACHE/sptctl
 start=$(date +%s)
 
 # ---------- 1. accuracy on the SPT tasks ----------
-if [[ -z ${SKIP_TASKS:-} ]]; then
+if [[ -z ${SKIP_TASKS:-} && -z ${REPORT_ONLY:-} ]]; then
 	CARVE_ONLY=1 TASKS="$TASKS" SPTCTL=$S bench/spt/run.sh >&2 || die "carving the tasks failed"
 	T=bench/cache/spt/tasks
 	classes() { awk '{print $2}' "$T/$1/train800val200.txt" | sort -un | wc -l; }
@@ -80,7 +81,7 @@ fi
 
 # ---------- 2. vit_b_16: size and latency ----------
 V=$CACHE/vit
-if [[ -z ${SKIP_VIT:-} ]]; then
+if [[ -z ${SKIP_VIT:-} && -z ${REPORT_ONLY:-} ]]; then
 	[[ -f $VIT ]] || /usr/bin/python3 bench/make_vit_b16.py "$VIT" >&2
 	if [[ ! -f $V/merged-int4.onnx ]]; then
 		"$S" allocate --model "$VIT" --strategy lora-qv --type lora --rank $RANK --classes 10 --out "$V/plan.json" >&2
@@ -95,8 +96,14 @@ if [[ -z ${SKIP_VIT:-} ]]; then
 		int8_fused="$V/forms/int8-fused.onnx" int4="$V/merged-int4.onnx" int4_acc0="$V/forms/int4-acc0.onnx" >"$V/latency.json"
 fi
 
+# what the measurements ran on, kept for a REPORT_ONLY rewrite
+if [[ -z ${REPORT_ONLY:-} ]]; then
+	echo "$(date -u '+%Y-%m-%d %H:%M UTC') at $(git rev-parse --short HEAD)$(git diff --quiet || echo '+dirty'), load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)" >"$CACHE/run.info"
+fi
+
 # ---------- RESULTS-quantize.md ----------
-pct() { jq -r "$1 * 1000 | round / 10" "$2"; }
+# one decimal, always shown
+F1='def f1: (. * 10 | round) as $x | ($x / 10 | tostring) | if test("[.]") then . else . + ".0" end;'
 {
 	echo "# Quantized deployment: accuracy, size and speed"
 	echo
@@ -106,7 +113,7 @@ pct() { jq -r "$1 * 1000 | round / 10" "$2"; }
 	echo "flock /tmp/sptctl-heavy.lock bench/quantize/run.sh"
 	echo '```'
 	echo
-	echo "Run finished $(date -u '+%Y-%m-%d %H:%M UTC') at $(git rev-parse --short HEAD)$(git diff --quiet || echo '+dirty'), $(nproc) CPU cores ($(lscpu | sed -n 's/^Model name: *//p' | head -1), AVX-512 VNNI: $(grep -q avx512_vnni /proc/cpuinfo && echo yes || echo no)), shared with other work (load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)); ONNX Runtime $(basename "$(readlink -f "$SPTCTL_ORT_LIB")")."
+	echo "Run finished $(cat "$CACHE/run.info"); $(nproc) CPU cores ($(lscpu | sed -n 's/^Model name: *//p' | head -1), AVX-512 VNNI: $(grep -q avx512_vnni /proc/cpuinfo && echo yes || echo no)), shared with other work; ONNX Runtime $("$CACHE/qbench" ortversion)."
 	echo
 	echo "int8: every linear layer (q/k/v, attention output, fc1, fc2, head) int8 per output channel, symmetric; activations quantized per run (DynamicQuantizeLinear + MatMulInteger, which ONNX Runtime fuses). int4: the same layers weight-only 4-bit (com.microsoft MatMulNBits, block 32, asymmetric, accuracy level 4). The patch embedding stays fp32 (0.7% of vit_b_16's weights)."
 	if [[ -z ${SKIP_TASKS:-} ]]; then
@@ -123,10 +130,10 @@ pct() { jq -r "$1 * 1000 | round / 10" "$2"; }
 			f=$(jq -r '.top1_merged' "$r") q8=$(jq -r '.quantized.top1' "$r") q4=$(jq -r '.top1' "$CACHE/runs/$t/int4.json")
 			jq -rn --arg t "$t" --argjson n "$(jq .test_n "$r")" --argjson f "$f" --argjson q8 "$q8" --argjson q4 "$q4" \
 				--argjson d8 "$(jq .quantized.check.disagreement "$r")" --argjson d4 "$(jq .quantize.check.disagreement "$CACHE/runs/$t/int4-export.json")" \
-				'def p: . * 1000 | round / 10; def d: . * 1000 | round / 10;
-				 "| \($t) | \($n) | \($f|p) | \($q8|p) | \(($f-$q8)*1000|round/10) | \($q4|p) | \(($f-$q4)*1000|round/10) | \($d8|d)% | \($d4|d)% |"'
+				"$F1"'
+				 "| \($t) | \($n) | \($f*100|f1) | \($q8*100|f1) | \(($f-$q8)*100|f1) | \($q4*100|f1) | \(($f-$q4)*100|f1) | \($d8*100|f1)% | \($d4*100|f1)% |"'
 		done
-		jq -rs '"| **mean** | | **\(map(.f)|add/length*1000|round/10)** | **\(map(.q8)|add/length*1000|round/10)** | **\(map(.f-.q8)|add/length*1000|round/10)** | **\(map(.q4)|add/length*1000|round/10)** | **\(map(.f-.q4)|add/length*1000|round/10)** | | |"' \
+		jq -rs "$F1"' "| **mean** | | **\(map(.f)|add/length*100|f1)** | **\(map(.q8)|add/length*100|f1)** | **\(map(.f-.q8)|add/length*100|f1)** | **\(map(.q4)|add/length*100|f1)** | **\(map(.f-.q4)|add/length*100|f1)** | | |"' \
 			<(for t in $TASKS; do r=$CACHE/runs/$t/report.json; [[ -f $r && -f $CACHE/runs/$t/int4.json ]] &&
 				jq -n --argjson f "$(jq .top1_merged "$r")" --argjson q8 "$(jq .quantized.top1 "$r")" --argjson q4 "$(jq .top1 "$CACHE/runs/$t/int4.json")" '{f:$f,q8:$q8,q4:$q4}'; done)
 		echo
@@ -137,7 +144,7 @@ pct() { jq -r "$1 * 1000 | round / 10" "$2"; }
 		echo
 		echo "## vit_b_16: file size and ONNX Runtime latency"
 		echo
-		echo "torchvision vit_b_16 with random weights (\`bench/make_vit_b16.py\`), a LoRA-qv rank-8 plan injected and exported merged by \`sptctl export --merge [--quantize int8|int4]\`; latency of one ONNX Runtime session per model ($(jq .threads "$L") intra-op threads), $(jq .runs "$L") rounds after $(jq .warmup "$L") warm-up runs, models in turn each round, on a random 224×224 batch; median (quartiles) in ms; ratios are medians over the fp32 merged model's, from the same run."
+		echo "torchvision vit_b_16 with random weights (\`bench/make_vit_b16.py\`), a LoRA-qv rank-8 plan injected and exported merged by \`sptctl export --merge [--quantize int8|int4]\`; latency of one ONNX Runtime session per model ($(jq .threads "$L") intra-op threads), $(jq .runs "$L") rounds after $(jq .warmup "$L") warm-up runs, models in turn each round, on a random 224×224 batch; median (quartiles) in ms; ratios are medians over the fp32 merged model's, from the same run. The machine was shared (see the load average above): absolute times are inflated by the other work, which hit every model alike (they run in turn); compare the ratios."
 		echo
 		echo "| model | file (MB) | size vs fp32 | batch 1 (ms) | vs fp32 | batch 8 (ms) | vs fp32 |"
 		echo "|---|---:|---:|---:|---:|---:|---:|"
