@@ -359,6 +359,14 @@ func AttrFloat(n *onnxpb.NodeProto, name string, def float32) float32 {
 	return def
 }
 
+// AttrString returns a STRING attribute, or def.
+func AttrString(n *onnxpb.NodeProto, name, def string) string {
+	if a := Attr(n, name); a != nil {
+		return string(a.GetS())
+	}
+	return def
+}
+
 // IntAttr makes an INT attribute.
 func IntAttr(name string, v int64) *onnxpb.AttributeProto {
 	return &onnxpb.AttributeProto{Name: proto.String(name), Type: onnxpb.AttributeProto_INT.Enum(), I: proto.Int64(v)}
