@@ -40,3 +40,12 @@ func Fingerprint(g *onnxpb.GraphProto) (string, error) {
 	}
 	return "sha256:" + hex.EncodeToString(h.Sum(nil)), nil
 }
+
+// ShortFingerprint is a fingerprint cut for messages: the "sha256:" prefix and the
+// first 16 hex digits, then "…".
+func ShortFingerprint(fp string) string {
+	if len(fp) > 23 {
+		return fp[:23] + "…"
+	}
+	return fp
+}

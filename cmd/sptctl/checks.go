@@ -16,6 +16,7 @@ import (
 	"github.com/sptctl/sptctl/export"
 	"github.com/sptctl/sptctl/inject"
 	"github.com/sptctl/sptctl/internal/meta"
+	"github.com/sptctl/sptctl/onnxio"
 )
 
 // Limits on sizes given by flags: far above any real use, low enough that nothing is
@@ -228,7 +229,7 @@ func checkFewShot(c *cli.Context) error {
 func exportInputs(c *cli.Context) []pathArg {
 	ins := append(modelInputs("--model", c.String("model")), modelInputs("--base", c.String("base"))...)
 	if c.String("base") == "" {
-		if md, err := readMetadata(c.String("model")); err == nil && md[meta.KeyBasePath] != "" {
+		if md, err := onnxio.PeekMetadata(c.String("model")); err == nil && md[meta.KeyBasePath] != "" {
 			p := md[meta.KeyBasePath]
 			if !filepath.IsAbs(p) {
 				p = filepath.Join(filepath.Dir(c.String("model")), p)

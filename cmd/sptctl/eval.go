@@ -1,24 +1,21 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
-	"os"
 	"slices"
 	"strings"
 	"time"
 
 	"github.com/urfave/cli/v2"
-	"google.golang.org/protobuf/encoding/protowire"
 
 	"github.com/sptctl/sptctl/data"
 	"github.com/sptctl/sptctl/export/ort"
 	"github.com/sptctl/sptctl/internal/meta"
 	"github.com/sptctl/sptctl/internal/npy"
+	"github.com/sptctl/sptctl/onnxio"
 )
 
 func evalCommand() *cli.Command {
@@ -117,7 +114,7 @@ func evaluate(ctx context.Context, log io.Writer, s *ort.Session, runFn func(map
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", modelPath, err)
 	}
-	md, err := readMetadata(modelPath)
+	md, err := onnxio.PeekMetadata(modelPath)
 	if err != nil {
 		return nil, err
 	}
@@ -193,105 +190,6 @@ func evaluate(ctx context.Context, log io.Writer, s *ort.Session, runFn func(map
 	el := time.Since(start)
 	fmt.Fprintf(log, "evaluated %d images in %.1fs (%.0f images/s)\n", res.N, el.Seconds(), float64(res.N)/el.Seconds())
 	return res, nil
-}
-
-// readMetadata reads a model file's metadata_props (ModelProto field 14) without
-// decoding its graph or tensors.
-func readMetadata(path string) (map[string]string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	r := bufio.NewReaderSize(f, 1<<16)
-	out := map[string]string{}
-	bad := func(err error) error { return fmt.Errorf("%s: not an ONNX model (%v)", path, err) }
-	for {
-		tag, err := binaryUvarint(r)
-		if errors.Is(err, io.EOF) {
-			return out, nil
-		}
-		if err != nil {
-			return nil, bad(err)
-		}
-		num, typ := protowire.DecodeTag(tag)
-		switch typ {
-		case protowire.VarintType:
-			if _, err := binaryUvarint(r); err != nil {
-				return nil, bad(err)
-			}
-		case protowire.Fixed32Type:
-			if _, err := r.Discard(4); err != nil {
-				return nil, bad(err)
-			}
-		case protowire.Fixed64Type:
-			if _, err := r.Discard(8); err != nil {
-				return nil, bad(err)
-			}
-		case protowire.BytesType:
-			n, err := binaryUvarint(r)
-			if err != nil {
-				return nil, bad(err)
-			}
-			if num != 14 {
-				if _, err := r.Discard(int(n)); err != nil {
-					return nil, bad(err)
-				}
-				continue
-			}
-			if n > 1<<26 {
-				return nil, bad(fmt.Errorf("metadata entry of %d bytes", n))
-			}
-			b := make([]byte, n)
-			if _, err := io.ReadFull(r, b); err != nil {
-				return nil, bad(err)
-			}
-			var key, val string
-			for len(b) > 0 {
-				fn, ft, k := protowire.ConsumeTag(b)
-				if k < 0 {
-					return nil, bad(protowire.ParseError(k))
-				}
-				b = b[k:]
-				if ft != protowire.BytesType {
-					k = protowire.ConsumeFieldValue(fn, ft, b)
-				} else {
-					var v []byte
-					v, k = protowire.ConsumeBytes(b)
-					if fn == 1 {
-						key = string(v)
-					} else if fn == 2 {
-						val = string(v)
-					}
-				}
-				if k < 0 {
-					return nil, bad(protowire.ParseError(k))
-				}
-				b = b[k:]
-			}
-			out[key] = val
-		default:
-			return nil, bad(fmt.Errorf("wire type %d", typ))
-		}
-	}
-}
-
-func binaryUvarint(r *bufio.Reader) (uint64, error) {
-	var x uint64
-	for i := 0; i < 10; i++ {
-		b, err := r.ReadByte()
-		if err != nil {
-			if i > 0 && errors.Is(err, io.EOF) {
-				return 0, io.ErrUnexpectedEOF
-			}
-			return 0, err
-		}
-		x |= uint64(b&0x7f) << (7 * i)
-		if b < 0x80 {
-			return x, nil
-		}
-	}
-	return 0, errors.New("varint too long")
 }
 
 func runCommand() *cli.Command {

@@ -215,12 +215,8 @@ func valueInfo(t *onnxpb.TensorProto) *onnxpb.ValueInfoProto {
 	}
 }
 
-func shortFP(fp string) string {
-	if len(fp) > 23 {
-		return fp[:23] + "…"
-	}
-	return fp
-}
+// shortFP is onnxio.ShortFingerprint (task.go calls it by this name).
+func shortFP(fp string) string { return onnxio.ShortFingerprint(fp) }
 
 // baseHeadTensors are the base model's head weight and bias padded to classes
 // outputs (zero weights, PadLogit biases), in the head weight's stored layout.
