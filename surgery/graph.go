@@ -220,8 +220,11 @@ func containsString(ss []string, s string) bool {
 	return false
 }
 
-// RemoveDeadNodes removes nodes none of whose outputs is read or is a graph output,
-// repeatedly, then initializers no node reads. It returns the number of nodes removed.
+// RemoveDeadNodes is the graph clean-up every rewrite ends with: it removes nodes none
+// of whose outputs is read or is a graph output (repeatedly), then initializers no
+// node reads, graph inputs that named a removed initializer (IR < 4 lists
+// initializers as inputs too) and value_info for values nothing produces any more. It
+// returns the number of nodes removed.
 func (g *Graph) RemoveDeadNodes() int {
 	gp := g.Proto()
 	outputs := map[string]bool{}
@@ -239,61 +242,69 @@ func (g *Graph) RemoveDeadNodes() int {
 				live[in] = true
 			}
 		}
-		kept := gp.Node[:0]
-		changed := false
-		for _, n := range gp.Node {
-			alive := false
-			for _, o := range n.Output {
-				if live[o] {
-					alive = true
-				}
-			}
-			if alive {
-				kept = append(kept, n)
-			} else {
-				changed = true
-				removed++
-			}
-		}
-		gp.Node = kept
-		if !changed {
+		before := len(gp.Node)
+		gp.Node = slices.DeleteFunc(gp.Node, func(n *onnxpb.NodeProto) bool {
+			return !slices.ContainsFunc(n.Output, func(o string) bool { return live[o] })
+		})
+		removed += before - len(gp.Node)
+		if len(gp.Node) == before {
 			break
 		}
 	}
-	read := map[string]bool{}
+	read, produced := map[string]bool{}, map[string]bool{}
 	for _, n := range gp.Node {
 		for _, in := range n.Input {
 			read[in] = true
+		}
+		for _, o := range n.Output {
+			produced[o] = true
 		}
 	}
 	for k := range outputs {
 		read[k] = true
 	}
-	inits := gp.Initializer[:0]
-	for _, t := range gp.Initializer {
-		if read[t.GetName()] {
-			inits = append(inits, t)
-		}
-	}
-	gp.Initializer = inits
-	// Graph inputs that double as initializers (IR < 4 style) go with them.
+	dropped := map[string]bool{}
+	gp.Initializer = slices.DeleteFunc(gp.Initializer, func(t *onnxpb.TensorProto) bool {
+		dropped[t.GetName()] = !read[t.GetName()]
+		return dropped[t.GetName()]
+	})
+	gp.Input = slices.DeleteFunc(gp.Input, func(v *onnxpb.ValueInfoProto) bool { return dropped[v.GetName()] })
+	gp.ValueInfo = slices.DeleteFunc(gp.ValueInfo, func(v *onnxpb.ValueInfoProto) bool { return !produced[v.GetName()] })
 	g.Reindex()
 	return removed
 }
 
-// TopoSort orders the nodes so that every node comes after the producers of its
-// inputs. It is stable: nodes keep their file order, and a node that must move (one
-// appended by a rewrite) lands just before its first consumer, so a rewritten graph
-// reads like the original with the new nodes inline.
+// TopoSort orders the graph's nodes with SortNodes.
 func (g *Graph) TopoSort() error {
-	gp := g.Proto()
+	order, err := SortNodes(g.Proto().GetNode())
+	if err != nil {
+		return err
+	}
+	g.Proto().Node = order
+	return nil
+}
+
+// SortNodes returns nodes ordered so that every node comes after the producers (in
+// the list) of its inputs. It is stable: nodes keep their order, and a node that must
+// move (one appended by a rewrite) lands just before its first consumer, so a
+// rewritten graph reads like the original with the new nodes inline. It is the one
+// topological sort: every package that orders nodes uses it.
+func SortNodes(nodes []*onnxpb.NodeProto) ([]*onnxpb.NodeProto, error) {
+	producer := map[string]*onnxpb.NodeProto{}
+	for _, n := range nodes {
+		for _, o := range n.Output {
+			if o != "" {
+				producer[o] = n
+			}
+		}
+	}
 	const (
 		unseen = iota
 		visiting
 		placed
 	)
-	state := make(map[*onnxpb.NodeProto]int, len(gp.Node))
-	order := make([]*onnxpb.NodeProto, 0, len(gp.Node))
+	state := make(map[*onnxpb.NodeProto]int, len(nodes))
+	order := make([]*onnxpb.NodeProto, 0, len(nodes))
 	var visit func(n *onnxpb.NodeProto) error
 	visit = func(n *onnxpb.NodeProto) error {
 		switch state[n] {
@@ -304,7 +315,7 @@ func (g *Graph) TopoSort() error {
 		}
 		state[n] = visiting
 		for _, in := range n.Input {
-			if p := g.producer[in]; p != nil && p != n {
+			if p := producer[in]; p != nil && p != n {
 				if err := visit(p); err != nil {
 					return err
 				}
@@ -314,13 +325,12 @@ func (g *Graph) TopoSort() error {
 		order = append(order, n)
 		return nil
 	}
-	for _, n := range gp.Node {
+	for _, n := range nodes {
 		if err := visit(n); err != nil {
-			return err
+			return nil, err
 		}
 	}
-	gp.Node = order
-	return nil
+	return order, nil
 }
 
 // Attribute helpers.
