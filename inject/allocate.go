@@ -179,7 +179,7 @@ func strategyList() string {
 // trained whole, otherwise its sensitive entries sparsely; the head ((in+1)·classes)
 // and class token count too. The structured set of that τ is then kept and what is left
 // of the budget is filled with the next most sensitive entries of the unstructured
-// matrices (DESIGN.md, "Totals jump"), so the plan's total is within 1% of the budget
+// matrices (docs/ARCHITECTURE.md, "Why the allocator fills"), so the plan's total is within 1% of the budget
 // (in practice equal to it), or Allocate fails saying why.
 //
 // The baselines ignore the scores (s may be nil) and the budget.
@@ -547,7 +547,7 @@ type selection struct {
 
 // selectSPT runs the τ search and builds the allocation: the closest τ if its total
 // is at most the budget or over it by at most 1%, else the largest total under the
-// budget; then, if under the budget, the fill (DESIGN.md, "Totals jump"): with the
+// budget; then, if under the budget, the fill (docs/ARCHITECTURE.md, "Why the allocator fills"): with the
 // structured matrices and whole vectors fixed, the next most sensitive entries of the
 // unstructured matrices (then, if those run out, of the sparse vectors) are added one
 // by one until the total equals the budget. Only if the budget is larger than all

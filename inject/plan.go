@@ -38,7 +38,7 @@ type Plan struct {
 	// ranked entries; Tau the sensitive-set size whose structured set the plan uses;
 	// TauClosest the size whose reference total was closest to the budget; Fill the
 	// number of extra sparse entries added after the structured set was fixed (see
-	// DESIGN.md, "Totals jump"); Note says in words what happened.
+	// docs/ARCHITECTURE.md, "Why the allocator fills"); Note says in words what happened.
 	Candidates int64  `json:"candidates,omitempty"`
 	Tau        int64  `json:"tau"`
 	TauClosest int64  `json:"tau_closest"`
@@ -166,7 +166,7 @@ type Totals struct {
 	Total         int64 `json:"total"`
 }
 
-// Summary is what `sptctl allocate --json` prints (DESIGN.md).
+// Summary is what `sptctl allocate --json` prints.
 type Summary struct {
 	Budget        int64    `json:"budget"`
 	Trainable     int64    `json:"trainable"`

@@ -6,7 +6,7 @@ Usage: patch-gotch.py SRC_DIR DST_DIR
 
 SRC_DIR is the module directory `go mod download -json github.com/sugarme/gotch@v0.8.0`
 reports; DST_DIR (e.g. third_party/gotch) is replaced atomically. Run by
-scripts/setup.sh; see "gotch on Debian's libtorch 1.13.1" in DESIGN.md.
+scripts/setup.sh; docs/ARCHITECTURE.md ("Dependencies") says why gotch is patched.
 
 What it does, in order:
  1. copies the packages sptctl needs (gotch, libtch, ts, nn; no tests, examples,

@@ -1,6 +1,5 @@
 #!/usr/bin/env bash
-# One-command, idempotent set-up for sptctl (see DESIGN.md, "Dependencies" and
-# "gotch on Debian's libtorch 1.13.1"):
+# One-command, idempotent set-up for sptctl (docs/ARCHITECTURE.md, "Dependencies"):
 #   a. Debian packages (libtorch, OpenBLAS, the Python oracle, data, protoc)
 #   b. gotch v0.8.0 copied to third_party/gotch and patched (scripts/patch-gotch.py),
 #      go.mod pointed at it, and its cgo packages compiled once into the build cache

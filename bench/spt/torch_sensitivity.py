@@ -7,7 +7,7 @@ of q/k/v, fc1, fc2 and their bias Adds, the Gemm of the attention projection and
 the head; Identity aliases resolved), checks the rebuild against the model's own head
 on the upstream Fashion-MNIST test images (classes 0-4), then sums grad² of the
 cross-entropy over 16 batches of 32 training images with a fresh seeded head for the
-task, exactly as DESIGN.md specifies, and prints the share of each block's / layer
+task, as `sptctl sensitivity` does (docs/ARCHITECTURE.md, "The method"), and prints the share of each block's / layer
 type's weights in the top 0.4% as JSON. The batch order and the head's random values
 differ from sptctl's, so the shares agree in pattern, not to the digit.
 

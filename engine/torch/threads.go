@@ -12,7 +12,7 @@ import "runtime"
 // with one thread here; n < 1 means one per CPU (runtime.NumCPU).
 //
 // OpenMP keeps the count per OS thread: call it on the locked OS thread that runs
-// the torch work (see DESIGN.md, "One locked OS thread for all torch work").
+// the torch work (Worker; docs/ARCHITECTURE.md, "One executor").
 func SetNumThreads(n int) {
 	if n < 1 {
 		n = runtime.NumCPU()
