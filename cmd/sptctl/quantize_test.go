@@ -93,7 +93,7 @@ func TestExportQuantize(t *testing.T) {
 	if code != 0 || !strings.Contains(stderr, "quantization check on 4 inputs (no --data)") || !strings.Contains(stdout, "int4") {
 		t.Fatalf("int4 export: exit %d: %s\n%s", code, stderr, stdout)
 	}
-	if md, _ := readMetadata(q4); !strings.Contains(md[meta.KeyQuantization], `"block_size":16`) {
+	if md, _ := onnxio.PeekMetadata(q4); !strings.Contains(md[meta.KeyQuantization], `"block_size":16`) {
 		t.Errorf("int4 metadata: %q", md[meta.KeyQuantization])
 	}
 
