@@ -138,116 +138,15 @@ func ParseClasses(s string) ([]int, error) {
 // is replaced only if it is empty or a complete earlier FewShot output (it has
 // ManifestFile); anything else is refused.
 func FewShot(opt FewShotOptions) error {
-	task := opt.Task
-	if task == "" {
-		task = TaskClasses
-	}
-	if task != TaskClasses && task != TaskRotation {
-		return fmt.Errorf("fewshot: task %q: want %s or %s", opt.Task, TaskClasses, TaskRotation)
-	}
-	if opt.Train < 1 || opt.Val < 0 || opt.Test < 0 {
-		return fmt.Errorf("fewshot: want train ≥ 1, val ≥ 0, test ≥ 0 examples, got %d, %d, %d", opt.Train, opt.Val, opt.Test)
-	}
-	if opt.Out == "" {
-		return fmt.Errorf("fewshot: no output folder")
-	}
-	out := filepath.Clean(opt.Out)
-	if err := checkReplaceable(out); err != nil {
+	task, out, err := checkFewShot(opt)
+	if err != nil {
 		return err
 	}
-	for i, c := range opt.Classes {
-		if slices.Contains(opt.Classes[:i], c) {
-			return fmt.Errorf("fewshot: class %d given twice", c)
-		}
-	}
-	ds, err := Open(opt.From)
+	src, err := openFewShotSource(opt)
 	if err != nil {
-		return fmt.Errorf("fewshot: %w", err)
+		return err
 	}
-	if ds.Layout != LayoutIDX {
-		return fmt.Errorf("fewshot: %s is a %s folder; want IDX files", opt.From, ds.Layout)
-	}
-	trainSplit, err := ds.Split("train")
-	if err != nil {
-		return fmt.Errorf("fewshot: %w", err)
-	}
-	testSplit, err := ds.Split("test")
-	if err != nil {
-		return fmt.Errorf("fewshot: %w", err)
-	}
-	classes := slices.Clone(opt.Classes)
-	if len(classes) == 0 {
-		for c := range ds.NumClasses() {
-			classes = append(classes, c)
-		}
-	}
-	newLabel := map[int]int{}
-	for i, c := range classes {
-		if c < 0 || c >= ds.NumClasses() {
-			return fmt.Errorf("fewshot: class %d: %s has classes 0…%d", c, opt.From, ds.NumClasses()-1)
-		}
-		if _, dup := newLabel[c]; dup {
-			return fmt.Errorf("fewshot: class %d given twice", c)
-		}
-		newLabel[c] = i
-	}
-	pool := func(s *Split) []int {
-		var idx []int
-		for i, l := range s.Labels() {
-			if _, ok := newLabel[l]; ok {
-				idx = append(idx, i)
-			}
-		}
-		return idx
-	}
-	trainPool, testPool := pool(trainSplit), pool(testSplit)
-	if need := opt.Train + opt.Val; need > len(trainPool) {
-		return fmt.Errorf("fewshot: want %d train + %d val = %d examples of classes %v, but the IDX train split has only %d of them",
-			opt.Train, opt.Val, need, classes, len(trainPool))
-	}
-	if opt.Test > len(testPool) {
-		return fmt.Errorf("fewshot: want %d test examples of classes %v, but the IDX test split has only %d of them",
-			opt.Test, classes, len(testPool))
-	}
-	if len(testPool) == 0 {
-		return fmt.Errorf("fewshot: the IDX test split has no examples of classes %v", classes)
-	}
-
-	// Draw. Each random stream has its own PCG so that, e.g., the test draw does not
-	// depend on the train counts.
-	perm := func(stream uint64, xs []int) []int {
-		o := order(len(xs), true, opt.Seed, int(stream))
-		p := make([]int, len(xs))
-		for i, j := range o {
-			p[i] = xs[j]
-		}
-		return p
-	}
-	tv := perm(1, trainPool)
-	sel := map[string][]int{
-		"train": slices.Sorted(slices.Values(tv[:opt.Train])),
-		"val":   slices.Sorted(slices.Values(tv[opt.Train : opt.Train+opt.Val])),
-	}
-	if opt.Test == 0 {
-		sel["test"] = testPool
-	} else {
-		sel["test"] = slices.Sorted(slices.Values(perm(2, testPool)[:opt.Test]))
-	}
-	splitNames := []string{"train", "val", "test"}
-	src := map[string]*Split{"train": trainSplit, "val": trainSplit, "test": testSplit}
-	labels := map[string][]int{}
-	rot := rand.NewPCG(splitmix(uint64(opt.Seed)), splitmix(3^0x9e3779b97f4a7c15))
-	for _, sp := range splitNames {
-		ls := make([]int, len(sel[sp]))
-		for i, ex := range sel[sp] {
-			if task == TaskRotation {
-				ls[i] = int(boundedUint64(rot, 4))
-			} else {
-				ls[i] = newLabel[src[sp].Label(ex)]
-			}
-		}
-		labels[sp] = ls
-	}
+	sel, labels := src.draw(opt, task)
 
 	// Build in a temporary folder beside out.
 	parent := filepath.Dir(out)
@@ -268,12 +167,190 @@ func FewShot(opt FewShotOptions) error {
 		return fmt.Errorf("fewshot: %w", err)
 	}
 
+	lists, err := writeTaskImages(tmp, src, sel, labels, task, opt.Workers)
+	if err != nil {
+		return err
+	}
+	if err := writeTaskFiles(tmp, opt, task, src.classes, sel, lists); err != nil {
+		return err
+	}
+
+	// Move into place.
+	if err := checkReplaceable(out); err != nil { // again: it may have changed meanwhile
+		return err
+	}
+	old := ""
+	if _, err := os.Lstat(out); err == nil {
+		old = tmp + ".old"
+		if err := os.Rename(out, old); err != nil {
+			return fmt.Errorf("fewshot: %w", err)
+		}
+	}
+	if err := os.Rename(tmp, out); err != nil {
+		if old != "" {
+			os.Rename(old, out)
+		}
+		return fmt.Errorf("fewshot: %w", err)
+	}
+	ok = true
+	if old != "" {
+		os.RemoveAll(old)
+	}
+	syncDir(parent)
+	return nil
+}
+
+// checkFewShot checks FewShot's options and returns the task kind and the output
+// folder.
+func checkFewShot(opt FewShotOptions) (task, out string, err error) {
+	task = opt.Task
+	if task == "" {
+		task = TaskClasses
+	}
+	if task != TaskClasses && task != TaskRotation {
+		return "", "", fmt.Errorf("fewshot: task %q: want %s or %s", opt.Task, TaskClasses, TaskRotation)
+	}
+	if opt.Train < 1 || opt.Val < 0 || opt.Test < 0 {
+		return "", "", fmt.Errorf("fewshot: want train ≥ 1, val ≥ 0, test ≥ 0 examples, got %d, %d, %d", opt.Train, opt.Val, opt.Test)
+	}
+	if opt.Out == "" {
+		return "", "", fmt.Errorf("fewshot: no output folder")
+	}
+	out = filepath.Clean(opt.Out)
+	if err := checkReplaceable(out); err != nil {
+		return "", "", err
+	}
+	for i, c := range opt.Classes {
+		if slices.Contains(opt.Classes[:i], c) {
+			return "", "", fmt.Errorf("fewshot: class %d given twice", c)
+		}
+	}
+	return task, out, nil
+}
+
+// fewShotSource is the IDX set FewShot draws from: its splits, the chosen classes
+// (newLabel maps a source class to its task label) and the examples of those classes.
+type fewShotSource struct {
+	from                string
+	train, test         *Split
+	classes             []int
+	newLabel            map[int]int
+	trainPool, testPool []int
+}
+
+func openFewShotSource(opt FewShotOptions) (*fewShotSource, error) {
+	ds, err := Open(opt.From)
+	if err != nil {
+		return nil, fmt.Errorf("fewshot: %w", err)
+	}
+	if ds.Layout != LayoutIDX {
+		return nil, fmt.Errorf("fewshot: %s is a %s folder; want IDX files", opt.From, ds.Layout)
+	}
+	trainSplit, err := ds.Split("train")
+	if err != nil {
+		return nil, fmt.Errorf("fewshot: %w", err)
+	}
+	testSplit, err := ds.Split("test")
+	if err != nil {
+		return nil, fmt.Errorf("fewshot: %w", err)
+	}
+	classes := slices.Clone(opt.Classes)
+	if len(classes) == 0 {
+		for c := range ds.NumClasses() {
+			classes = append(classes, c)
+		}
+	}
+	newLabel := map[int]int{}
+	for i, c := range classes {
+		if c < 0 || c >= ds.NumClasses() {
+			return nil, fmt.Errorf("fewshot: class %d: %s has classes 0…%d", c, opt.From, ds.NumClasses()-1)
+		}
+		if _, dup := newLabel[c]; dup {
+			return nil, fmt.Errorf("fewshot: class %d given twice", c)
+		}
+		newLabel[c] = i
+	}
+	pool := func(s *Split) []int {
+		var idx []int
+		for i, l := range s.Labels() {
+			if _, ok := newLabel[l]; ok {
+				idx = append(idx, i)
+			}
+		}
+		return idx
+	}
+	trainPool, testPool := pool(trainSplit), pool(testSplit)
+	if need := opt.Train + opt.Val; need > len(trainPool) {
+		return nil, fmt.Errorf("fewshot: want %d train + %d val = %d examples of classes %v, but the IDX train split has only %d of them",
+			opt.Train, opt.Val, need, classes, len(trainPool))
+	}
+	if opt.Test > len(testPool) {
+		return nil, fmt.Errorf("fewshot: want %d test examples of classes %v, but the IDX test split has only %d of them",
+			opt.Test, classes, len(testPool))
+	}
+	if len(testPool) == 0 {
+		return nil, fmt.Errorf("fewshot: the IDX test split has no examples of classes %v", classes)
+	}
+
+	return &fewShotSource{from: opt.From, train: trainSplit, test: testSplit, classes: classes, newLabel: newLabel,
+		trainPool: trainPool, testPool: testPool}, nil
+}
+
+// draw picks the examples of each split (source indices, in source order) and their
+// task labels.
+func (src *fewShotSource) draw(opt FewShotOptions, task string) (sel, labels map[string][]int) {
+	trainSplit, testSplit, trainPool, testPool, newLabel := src.train, src.test, src.trainPool, src.testPool, src.newLabel
+	// Draw. Each random stream has its own PCG so that, e.g., the test draw does not
+	// depend on the train counts.
+	perm := func(stream uint64, xs []int) []int {
+		o := order(len(xs), true, opt.Seed, int(stream))
+		p := make([]int, len(xs))
+		for i, j := range o {
+			p[i] = xs[j]
+		}
+		return p
+	}
+	tv := perm(1, trainPool)
+	sel = map[string][]int{
+		"train": slices.Sorted(slices.Values(tv[:opt.Train])),
+		"val":   slices.Sorted(slices.Values(tv[opt.Train : opt.Train+opt.Val])),
+	}
+	if opt.Test == 0 {
+		sel["test"] = testPool
+	} else {
+		sel["test"] = slices.Sorted(slices.Values(perm(2, testPool)[:opt.Test]))
+	}
+	from := map[string]*Split{"train": trainSplit, "val": trainSplit, "test": testSplit}
+	labels = map[string][]int{}
+	rot := rand.NewPCG(splitmix(uint64(opt.Seed)), splitmix(3^0x9e3779b97f4a7c15))
+	for _, sp := range fewShotSplits {
+		ls := make([]int, len(sel[sp]))
+		for i, ex := range sel[sp] {
+			if task == TaskRotation {
+				ls[i] = int(boundedUint64(rot, 4))
+			} else {
+				ls[i] = newLabel[from[sp].Label(ex)]
+			}
+		}
+		labels[sp] = ls
+	}
+
+	return sel, labels
+}
+
+// fewShotSplits are a task folder's splits, in the order FewShot writes them.
+var fewShotSplits = [...]string{"train", "val", "test"}
+
+// writeTaskImages writes every selected image as images/SPLIT/NNNNN.png under tmp
+// (rotated for TaskRotation), with workers encoders, and returns each split's list
+// file text.
+func writeTaskImages(tmp string, src *fewShotSource, sel, labels map[string][]int, task string, workers int) (map[string]string, error) {
+	srcOf := map[string]*Split{"train": src.train, "val": src.train, "test": src.test}
 	type pngJob struct {
 		path string
 		img  *image.Gray
 		rot  int
 	}
-	workers := opt.Workers
 	if workers <= 0 {
 		workers = runtime.NumCPU()
 	}
@@ -297,17 +374,17 @@ func FewShot(opt FewShotOptions) error {
 		}()
 	}
 	lists := map[string]string{}
-	for _, sp := range splitNames {
+	for _, sp := range fewShotSplits {
 		dir := filepath.Join(tmp, "images", sp)
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			close(jobs)
 			wg.Wait()
-			return fmt.Errorf("fewshot: %w", err)
+			return nil, fmt.Errorf("fewshot: %w", err)
 		}
 		var b strings.Builder
 		for i, ex := range sel[sp] {
 			name := fmt.Sprintf("%05d.png", i)
-			img, _ := src[sp].Image(ex) // IDX images never fail
+			img, _ := srcOf[sp].Image(ex) // IDX images never fail
 			k := 0
 			if task == TaskRotation {
 				k = labels[sp][i]
@@ -320,9 +397,14 @@ func FewShot(opt FewShotOptions) error {
 	close(jobs)
 	wg.Wait()
 	if firstErr != nil {
-		return fmt.Errorf("fewshot: %w", firstErr)
+		return nil, fmt.Errorf("fewshot: %w", firstErr)
 	}
 
+	return lists, nil
+}
+
+// writeTaskFiles writes the list files and the manifest into tmp.
+func writeTaskFiles(tmp string, opt FewShotOptions, task string, classes []int, sel map[string][]int, lists map[string]string) error {
 	files := []struct{ name, text string }{{fmt.Sprintf("train%d.txt", opt.Train), lists["train"]}}
 	if opt.Val > 0 {
 		files = append(files,
@@ -364,28 +446,6 @@ func FewShot(opt FewShotOptions) error {
 		return fmt.Errorf("fewshot: %w", err)
 	}
 
-	// Move into place.
-	if err := checkReplaceable(out); err != nil { // again: it may have changed meanwhile
-		return err
-	}
-	old := ""
-	if _, err := os.Lstat(out); err == nil {
-		old = tmp + ".old"
-		if err := os.Rename(out, old); err != nil {
-			return fmt.Errorf("fewshot: %w", err)
-		}
-	}
-	if err := os.Rename(tmp, out); err != nil {
-		if old != "" {
-			os.Rename(old, out)
-		}
-		return fmt.Errorf("fewshot: %w", err)
-	}
-	ok = true
-	if old != "" {
-		os.RemoveAll(old)
-	}
-	syncDir(parent)
 	return nil
 }
 
