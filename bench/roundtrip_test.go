@@ -72,8 +72,8 @@ func TestVitB16RoundTrip(t *testing.T) {
 	}
 	for i, l := range ls {
 		w := want[l.Kind]
-		if l.Block != i/6 || l.Kind != surgery.BlockKinds[i%6] || l.In != w[0] || l.Out != w[1] {
-			t.Errorf("linear %d: block %d %s %dx%d, want block %d %s %dx%d", i, l.Block, l.Kind, l.In, l.Out, i/6, surgery.BlockKinds[i%6], w[0], w[1])
+		if l.Block != i/6 || l.Kind != surgery.BlockKinds()[i%6] || l.In != w[0] || l.Out != w[1] {
+			t.Errorf("linear %d: block %d %s %dx%d, want block %d %s %dx%d", i, l.Block, l.Kind, l.In, l.Out, i/6, surgery.BlockKinds()[i%6], w[0], w[1])
 		}
 		if fused := l.Kind == surgery.Q || l.Kind == surgery.K || l.Kind == surgery.V; l.Fused != fused {
 			t.Errorf("%s: fused %v, want %v (torchvision's in_proj)", l.Name, l.Fused, fused)

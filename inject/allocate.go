@@ -41,7 +41,7 @@ const (
 )
 
 // Strategies lists the strategy names, for help texts.
-var Strategies = []Strategy{SPT, LoRAQV, QV, Uniform, BitFit, Linear, Full}
+func Strategies() []Strategy { return []Strategy{SPT, LoRAQV, QV, Uniform, BitFit, Linear, Full} }
 
 // Options control Allocate.
 type Options struct {
@@ -136,7 +136,7 @@ func (o *Options) normalize() error {
 	if o.Type == "" {
 		o.Type = LoRA
 	}
-	if !slices.Contains(Strategies, o.Strategy) {
+	if !slices.Contains(Strategies(), o.Strategy) {
 		return fmt.Errorf("unknown strategy %q (want one of %s)", o.Strategy, strategyList())
 	}
 	if !slices.Contains(ModuleTypes(), o.Type) {
@@ -162,7 +162,7 @@ func (o *Options) normalize() error {
 
 func strategyList() string {
 	var s []string
-	for _, x := range Strategies {
+	for _, x := range Strategies() {
 		s = append(s, string(x))
 	}
 	return strings.Join(s, ", ")

@@ -47,7 +47,7 @@ func synth(blocks, dim, mlp int, fused bool, seed uint64) ([]unit, Scores) {
 			rnd(qkv+".bias", 3*dim)
 		}
 		shapes := [6][2]int{{dim, dim}, {dim, dim}, {dim, dim}, {dim, dim}, {dim, mlp}, {mlp, dim}}
-		for i, k := range surgery.BlockKinds {
+		for i, k := range surgery.BlockKinds() {
 			in, out := shapes[i][0], shapes[i][1]
 			l := &surgery.Linear{Name: fmt.Sprintf("blocks.%d.%s", b, k), Block: b, Kind: k, In: in, Out: out, TotalOut: out, Layout: surgery.InOut}
 			u := unit{name: l.Name, block: b, matrix: true, lin: l, in: int64(in), out: int64(out)}

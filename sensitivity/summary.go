@@ -83,7 +83,7 @@ func Summarize(v *surgery.ViT, scores map[string][]float32, top float64) (*Summa
 	}
 	threshold := kthLargest(parts, k)
 	sum := &Summary{Top: top, Of: total}
-	for _, kd := range surgery.BlockKinds {
+	for _, kd := range surgery.BlockKinds() {
 		sum.Kinds = append(sum.Kinds, string(kd))
 	}
 	nb := len(v.Blocks)

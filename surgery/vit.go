@@ -21,8 +21,9 @@ const (
 	Head Kind = "head"
 )
 
-// BlockKinds are the six linear layers of every block.
-var BlockKinds = [6]Kind{Q, K, V, Proj, FC1, FC2}
+// BlockKinds returns the six linear layers of every block, in the order Block.Linears
+// holds them.
+func BlockKinds() [6]Kind { return [6]Kind{Q, K, V, Proj, FC1, FC2} }
 
 // Layout says how a weight initializer is stored.
 type Layout int
@@ -201,7 +202,7 @@ func FindViT(g *Graph) (*ViT, error) {
 		}
 		blk.Linears[4], blk.Linears[5] = mlp[0], mlp[1]
 		for i, l := range blk.Linears {
-			l.Block, l.Kind = b, BlockKinds[i]
+			l.Block, l.Kind = b, BlockKinds()[i]
 			l.Name = fmt.Sprintf("blocks.%d.%s", b, l.Kind)
 		}
 		v.Blocks = append(v.Blocks, blk)

@@ -120,7 +120,7 @@ func allocatePlan(log io.Writer, g *surgery.Graph, v *surgery.ViT, scores sensit
 
 // printPlan writes a plan as a block × layer table of modes and parameter counts.
 func printPlan(w io.Writer, p *inject.Plan) {
-	kinds := surgery.BlockKinds
+	kinds := surgery.BlockKinds()
 	cell := map[string]string{}
 	for _, l := range p.Layers {
 		s := l.Mode

@@ -96,7 +96,7 @@ func moduleTypeNames() []string {
 
 func strategies() []string {
 	var s []string
-	for _, x := range inject.Strategies {
+	for _, x := range inject.Strategies() {
 		s = append(s, string(x))
 	}
 	return s

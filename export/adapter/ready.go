@@ -30,7 +30,7 @@ const ReadyVersion = 2
 // the ready graph's head gets zero weights and this bias there, so those logits are
 // the lowest float32 and never win an argmax or take softmax mass. The task's own
 // logits are the first Classes (ReadyInfo.TaskClasses, TaskClasses).
-var PadLogit = float32(-math.MaxFloat32)
+const PadLogit float32 = -math.MaxFloat32
 
 // ReadyInfo describes an adapter-ready model.
 type ReadyInfo struct {
