@@ -97,7 +97,16 @@ headflags() {
 
 queue=$CACHE/heads/.queue
 : >"$CACHE/heads/.failed"
-job() { echo "$*" >>"$queue"; }
+# job ARGS: queue a job unless its result is there (then a phase with nothing to do
+# does not wait for LOCK)
+job() {
+	if [ "$1" = sens ]; then
+		[ -f "$CACHE/heads/$2/$3/seed$4-head$5.json" ] && return 0
+	else
+		[ -f "$CACHE/runs/$1/$2/seed$4/report.json" ] && return 0
+	fi
+	echo "$*" >>"$queue"
+}
 # The jobs go in batches (phases), each drained by WORKERS processes under LOCK.
 # phase_sens: stability, sens TASK HEAD SEED HEADSEED (the seed as tune uses it; then
 # the head seed alone)
@@ -114,13 +123,17 @@ phase_sens() {
 		done
 	done
 }
+# runname TYPE HEAD: a run's folder name. The paper's head is tune's default, so its
+# runs are run.sh's SPT runs (spt-lora, spt-adapter), shared through the cache like
+# LoRA-qv's; the other heads' runs are spt-TYPE-head-HEAD.
+runname() { if [ "$2" = random ]; then echo "spt-$1"; else echo "spt-$1-head-$2"; fi; }
 # phase_acc TASK SEED: LoRA-qv and SPT with each head
 phase_acc() {
 	local t=$1 seed=$2 h ty
 	job "$t" lora-qv lora-qv "$seed" main $RANK 0 --strategy lora-qv --type lora --rank $RANK
 	for h in $HEADS; do
 		for ty in lora adapter; do
-			job "$t" "spt-$ty-head-$h" "spt-$ty" "$seed" "$h" $RANK "${QV[$t]}" --strategy spt --type $ty --rank $RANK --budget "${QV[$t]}" $(headflags "$h")
+			job "$t" "$(runname "$ty" "$h")" "spt-$ty" "$seed" "$h" $RANK "${QV[$t]}" --strategy spt --type $ty --rank $RANK --budget "${QV[$t]}" $(headflags "$h")
 		done
 	done
 }
@@ -185,6 +198,7 @@ ncpu=$(nproc)
 run_phase() {
 	: >"$queue"
 	"$@"
+	[ -s "$queue" ] || return 0
 	exec 9>>"$LOCK"
 	flock 9
 	echo "== $(date +%H:%M:%S) $* : $(wc -l <"$queue") jobs (finished ones are skipped) on $WORKERS workers"
@@ -195,11 +209,17 @@ run_phase() {
 	rm -f "$queue" "$queue.lock"
 }
 run_phase phase_sens
-for seed in $SEEDS; do
-	for t in $ACC_TASKS; do run_phase phase_acc "$t" "$seed"; done
+for t in $ACC_TASKS; do # task by task: a task's seeds complete before the next task starts
+	for seed in $SEEDS; do run_phase phase_acc "$t" "$seed"; done
 done
 mapfile -t failed <"$CACHE/heads/.failed"
 
+# the command that reproduces this run: the knobs that differ from the defaults, then the script
+command=bench/spt/heads.sh
+[ "$HEADS" = "random probe random4 zero-mean" ] || command="HEADS=\"$HEADS\" $command"
+[ "$ACC_TASKS" = "$TASKS" ] || command="ACC_TASKS=\"$ACC_TASKS\" $command"
+[ "$TASKS" = "fmnist-new rotation digits inverted" ] || command="TASKS=\"$TASKS\" $command"
+[ "$SEEDS" = "0 1 2" ] || command="SEEDS=\"$SEEDS\" $command"
 cpu=$(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -1)
 jq -n --arg model "$MODEL" --argjson epochs "$EPOCHS" --argjson batch "$BATCH" --argjson lr "$LR" --argjson wd "$WD" \
 	--argjson warmup "$WARMUP" --argjson dropout "$DROPOUT" --argjson rank $RANK \
@@ -209,7 +229,8 @@ jq -n --arg model "$MODEL" --argjson epochs "$EPOCHS" --argjson batch "$BATCH" -
 	--argjson heads "$(printf '%s\n' $HEADS | jq -R . | jq -s -c .)" \
 	--arg machine "$(nproc) CPU cores ($cpu), shared with other work; $WORKERS runs at a time, each pinned to one core" \
 	--arg date "$(date -u '+%Y-%m-%d %H:%M UTC')" \
-	'{command:"bench/spt/heads.sh", model:$model, epochs:$epochs, batch_size:$batch, lr:$lr, weight_decay:$wd, warmup:$warmup,
+	--arg cmd "$command" \
+	'{command:$cmd, model:$model, epochs:$epochs, batch_size:$batch, lr:$lr, weight_decay:$wd, warmup:$warmup,
 	  dropout:$dropout, rank:$rank, seeds:$seeds, tasks:$tasks, acc_tasks:$acc_tasks, heads:$heads, machine:$machine, date:$date}' >"$CACHE/heads/settings.json"
 go run ./bench/spt/heads -cache "$CACHE" -settings "$CACHE/heads/settings.json" -out "$RESULTS" -figures "$FIGURES" ||
 	die "writing $RESULTS failed"

@@ -188,7 +188,11 @@ func report(cache, settingsPath, out, figures string) error {
 	type method struct{ name, label string }
 	methods := []method{{"lora-qv", "LoRA-qv"}}
 	for _, h := range st.Heads {
-		methods = append(methods, method{"spt-lora-head-" + h, "SPT-LoRA, " + h}, method{"spt-adapter-head-" + h, "SPT-Adapter, " + h})
+		lora, adapter := "spt-lora-head-"+h, "spt-adapter-head-"+h
+		if h == "random" { // tune's default head: run.sh's SPT runs (heads.sh's runname)
+			lora, adapter = "spt-lora", "spt-adapter"
+		}
+		methods = append(methods, method{lora, "SPT-LoRA, " + h}, method{adapter, "SPT-Adapter, " + h})
 	}
 	acc := st.Acc
 	if len(acc) == 0 {
@@ -277,7 +281,7 @@ func report(cache, settingsPath, out, figures string) error {
 		}
 		bm, _ := stat(bf)
 		p("| %s | **%+.1f ± %.1f** | %s | %s | %.1f |\n", m.label, dm, ds, strings.Join(seeds, ", "), verdict, bm)
-		if strings.HasPrefix(m.name, "spt-lora-") && dm > best {
+		if strings.HasPrefix(m.label, "SPT-LoRA") && dm > best {
 			best, bestName = dm, m.label
 		}
 	}
