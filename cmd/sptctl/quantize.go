@@ -87,11 +87,15 @@ func runtimeSupports(opt quantize.Options) error {
 	if opt.Bits != 4 {
 		return nil
 	}
-	if err := matMulNBitsSupported(); err != nil {
+	if err := probeMatMulNBits(); err != nil {
 		return fmt.Errorf("--quantize int4 needs ONNX Runtime's com.microsoft MatMulNBits kernel, which %s lacks (%v); use --quantize int8", ort.LibraryPath(), err)
 	}
 	return nil
 }
+
+// probeMatMulNBits is the int4 kernel check runtimeSupports makes (a test replaces
+// it to play an ONNX Runtime without the kernel).
+var probeMatMulNBits = matMulNBitsSupported
 
 // matMulNBitsSupported runs a 1×16 · 16×1 MatMulNBits in ONNX Runtime.
 func matMulNBitsSupported() error {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math"
 	"os"
@@ -215,10 +216,29 @@ func TestTuneQuantizeBadFlag(t *testing.T) {
 }
 
 // This ONNX Runtime has the int4 kernel; the probe that refuses --quantize int4
-// elsewhere runs it and checks its answer.
+// elsewhere runs it and checks its answer. Where the probe fails, export and tune
+// refuse int4 with one line (exit 2) before doing anything.
 func TestMatMulNBitsProbe(t *testing.T) {
 	ortcheck.Init(t)
 	if err := matMulNBitsSupported(); err != nil {
 		t.Fatalf("ONNX Runtime 1.30's MatMulNBits: %v", err)
+	}
+	probeMatMulNBits = func() error { return errors.New("Could not find an implementation for MatMulNBits(1) node") }
+	defer func() { probeMatMulNBits = matMulNBitsSupported }()
+	dir := t.TempDir()
+	trained := exTrained(t, "../../testdata/tv_op17_alias.onnx", inject.LoRA, 5, 1, filepath.Join(dir, "trained.onnx"), false)
+	out := filepath.Join(dir, "q.onnx")
+	for _, args := range [][]string{
+		{"export", "--model", trained, "--merge", "--quantize", "int4", "--out", out},
+		{"tune", "--model", "../../testdata/tv_op17_alias.onnx", "--data", dir, "--out", filepath.Join(dir, "run"), "--quantize", "int4"},
+	} {
+		code, _, stderr := sptctl(t, args...)
+		if code != 2 || !strings.Contains(stderr, "--quantize int4 needs ONNX Runtime's com.microsoft MatMulNBits kernel") ||
+			strings.Count(strings.TrimSpace(stderr), "\n") != 0 || exists(out) || exists(filepath.Join(dir, "run")) {
+			t.Errorf("%s without MatMulNBits: exit %d: %s", args[0], code, stderr)
+		}
+	}
+	if code, _, stderr := sptctl(t, "export", "--model", trained, "--merge", "--quantize", "int8", "--out", out); code != 0 {
+		t.Errorf("int8 without MatMulNBits: exit %d: %s", code, stderr)
 	}
 }
