@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"os"
 	"strings"
+
+	"github.com/sptctl/sptctl/onnxio/onnxpb"
 )
 
 // Precision is the arithmetic the executor runs matrix products and convolutions in.
@@ -101,4 +103,20 @@ func cpuHasBF16(cpuinfo []byte) (bool, string) {
 		return found != "", found
 	}
 	return false, ""
+}
+
+// WithPrecision returns e compiling every Program at precision p (where the caller's
+// Options do not ask for bf16 already).
+func WithPrecision(e Engine, p Precision) Engine { return precisionEngine{e, p} }
+
+type precisionEngine struct {
+	Engine
+	p Precision
+}
+
+func (e precisionEngine) Compile(m *onnxpb.ModelProto, opt Options) (Program, error) {
+	if opt.Precision == FP32 {
+		opt.Precision = e.p
+	}
+	return e.Engine.Compile(m, opt)
 }

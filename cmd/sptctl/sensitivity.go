@@ -10,7 +10,6 @@ import (
 
 	"github.com/sptctl/sptctl/data"
 	"github.com/sptctl/sptctl/engine"
-	"github.com/sptctl/sptctl/engine/torch"
 	"github.com/sptctl/sptctl/internal/meta"
 	"github.com/sptctl/sptctl/onnxio/onnxpb"
 	"github.com/sptctl/sptctl/sensitivity"
@@ -40,6 +39,8 @@ func sensitivityCommand() *cli.Command {
 			&cli.StringFlag{Name: "plot", Usage: "also draw where the sensitive weights are (PNG)"},
 			&cli.Float64Flag{Name: "top", Usage: "share of entries counted as sensitive in the summary", Value: 0.004},
 			&cli.BoolFlag{Name: "json", Usage: "print the summary as JSON"},
+			threadsFlag(),
+			precisionFlag(),
 		},
 		Action: func(c *cli.Context) error {
 			r, err := runSensitivity(c)
@@ -66,6 +67,10 @@ func runSensitivity(c *cli.Context) (*sensitivityReport, error) {
 	if err := checkSensitivity(c); err != nil {
 		return nil, err
 	}
+	cs, err := computeFrom(c, c.App.ErrWriter, true)
+	if err != nil {
+		return nil, err
+	}
 	path := c.String("model")
 	m, _, v, err := loadViT(path)
 	if err != nil {
@@ -85,13 +90,13 @@ func runSensitivity(c *cli.Context) (*sensitivityReport, error) {
 	}
 	ctx, stop := interruptible()
 	defer stop()
-	w := torch.NewWorker()
+	w := cs.worker()
 	defer w.Close()
 	a := sensitivityArgs{
 		Opt: sensitivity.Options{Batches: c.Int("batches"), BatchSize: c.Int("batch-size"), Classes: classes,
 			HeadSeed: c.Int64("head-seed"), Seed: c.Int64("seed"), Head: c.String("head"), HeadSeeds: c.Int("head-seeds")},
 		Top: c.Float64("top"), Out: c.String("out"), Plot: c.String("plot"), Data: c.String("data")}
-	r, _, err := scoreSensitivity(ctx, c.App.ErrWriter, w, m, v, split, pre, a)
+	r, _, err := scoreSensitivity(ctx, c.App.ErrWriter, cs.engine(w), m, v, split, pre, a)
 	if err != nil && ctx.Err() != nil {
 		return nil, cli.Exit(errors.New("interrupted; nothing written"), 130)
 	}

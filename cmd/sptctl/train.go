@@ -11,7 +11,6 @@ import (
 
 	"github.com/sptctl/sptctl/data"
 	"github.com/sptctl/sptctl/engine"
-	"github.com/sptctl/sptctl/engine/torch"
 	"github.com/sptctl/sptctl/internal/meta"
 	"github.com/sptctl/sptctl/onnxio"
 	"github.com/sptctl/sptctl/onnxio/onnxpb"
@@ -45,6 +44,8 @@ func trainCommand() *cli.Command {
 			&cli.StringFlag{Name: "checkpoint", Usage: "checkpoint file (default: OUT.ckpt)"},
 			&cli.BoolFlag{Name: "resume", Usage: "continue from the checkpoint"},
 			&cli.BoolFlag{Name: "json", Usage: "print the result as JSON"},
+			threadsFlag(),
+			precisionFlag(),
 		},
 		Action: func(c *cli.Context) error {
 			r, err := runTrain(c)
@@ -74,10 +75,15 @@ type trainReport struct {
 	FinalLoss    float64 `json:"final_loss"`
 	MicroBatched bool    `json:"micro_batched"`
 	Seconds      float64 `json:"seconds"`
+	Precision    string  `json:"precision"`
 }
 
 func runTrain(c *cli.Context) (*trainReport, error) {
 	if err := checkTrain(c); err != nil {
+		return nil, err
+	}
+	cs, err := computeFrom(c, c.App.ErrWriter, true)
+	if err != nil {
 		return nil, err
 	}
 	path := c.String("model")
@@ -115,7 +121,7 @@ func runTrain(c *cli.Context) (*trainReport, error) {
 	}
 	ctx, stop := interruptible()
 	defer stop()
-	trained, r, err := trainModel(ctx, c.App.ErrWriter, m, path, trainSplit, valSplit, c.String("val-split"), pre, cfg)
+	trained, r, err := trainModel(ctx, c.App.ErrWriter, m, path, trainSplit, valSplit, c.String("val-split"), pre, cfg, cs)
 	if errors.Is(err, train.ErrInterrupted) {
 		return nil, cli.Exit(fmt.Sprintf("interrupted: checkpoint %s written; run the same command with --resume to continue", cfg.Checkpoint), 130)
 	}
@@ -132,16 +138,16 @@ func runTrain(c *cli.Context) (*trainReport, error) {
 // trainModel is the train stage: it trains the initializers tunable marks trainable
 // and returns the trained model, a copy of tunable (which is not changed) holding the
 // trained values and the preprocessing, with the report (its Out left empty).
-func trainModel(ctx context.Context, log io.Writer, tunable *onnxpb.ModelProto, path string, trainSplit, valSplit *data.Split, valName string, pre meta.Preprocess, cfg train.Config) (*onnxpb.ModelProto, *trainReport, error) {
+func trainModel(ctx context.Context, log io.Writer, tunable *onnxpb.ModelProto, path string, trainSplit, valSplit *data.Split, valName string, pre meta.Preprocess, cfg train.Config, cs computeSettings) (*onnxpb.ModelProto, *trainReport, error) {
 	names, err := meta.Trainable(tunable)
 	if err != nil {
 		return nil, nil, err
 	}
-	w := torch.NewWorker()
+	w := cs.worker()
 	defer w.Close()
 	var prog engine.Program
 	if err := w.Do(func() error {
-		prog, err = w.Compile(tunable, engine.Options{Trainable: names})
+		prog, err = w.Compile(tunable, engine.Options{Trainable: names, Precision: cs.Precision.Precision})
 		return err
 	}); err != nil {
 		return nil, nil, fmt.Errorf("%s: %w", path, err)
@@ -168,6 +174,7 @@ func trainModel(ctx context.Context, log io.Writer, tunable *onnxpb.ModelProto, 
 	if err := meta.Set(trained, meta.KeyPreprocess, pre); err != nil {
 		return nil, nil, err
 	}
+	onnxio.SetMetadata(trained, meta.KeyPrecision, cs.Precision.Precision.String())
 	n := int64(0)
 	for _, name := range names {
 		if s, ok := prog.ParamShape(name); ok {
@@ -175,7 +182,8 @@ func trainModel(ctx context.Context, log io.Writer, tunable *onnxpb.ModelProto, 
 		}
 	}
 	return trained, &trainReport{Trainable: n, Steps: res.Steps, TrainTop1: res.TrainTop1, ValTop1: res.ValTop1,
-		ValSplit: valName, FinalLoss: res.FinalLoss, MicroBatched: res.MicroBatched, Seconds: res.Seconds}, nil
+		ValSplit: valName, FinalLoss: res.FinalLoss, MicroBatched: res.MicroBatched, Seconds: res.Seconds,
+		Precision: cs.Precision.Precision.String()}, nil
 }
 
 // withOwnTensors is a copy of m that shares m's tensors except the named ones, which

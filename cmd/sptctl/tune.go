@@ -15,7 +15,6 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/sptctl/sptctl/data"
-	"github.com/sptctl/sptctl/engine/torch"
 	"github.com/sptctl/sptctl/inject"
 	"github.com/sptctl/sptctl/internal/meta"
 	"github.com/sptctl/sptctl/onnxio"
@@ -62,6 +61,8 @@ func tuneCommand() *cli.Command {
 			&cli.Int64Flag{Name: "seed"},
 			&cli.BoolFlag{Name: "json", Usage: "print report.json to stdout"},
 			&cli.StringFlag{Name: "quantize", Usage: "also export the merged model quantized (`int8` or int4) and evaluate it"},
+			threadsFlag(),
+			precisionFlag(),
 		},
 		Action: runTune,
 	}
@@ -119,6 +120,10 @@ func runTune(c *cli.Context) error {
 	if err := checkTune(c, a.Task); err != nil {
 		return err
 	}
+	var err error
+	if a.Compute, err = computeFrom(c, c.App.ErrWriter, true); err != nil {
+		return err
+	}
 	ctx, stop := interruptible()
 	defer stop()
 	r, err := tune(ctx, c.App.ErrWriter, a)
@@ -156,6 +161,7 @@ type tuneArgs struct {
 	LR, WeightDecay, Dropout        float64
 	Seed                            int64
 	Quantize                        string // "", int8 or int4
+	Compute                         computeSettings
 }
 
 // taskName is a task name made from a data folder's name.
@@ -259,11 +265,11 @@ func (t *tuneRun) allocate(ctx context.Context) (*inject.Plan, error) {
 			if t.pre, err = preprocessFor(t.base, surgery.Image{Channels: t.v.Channels, Height: t.v.Height, Width: t.v.Width}, t.log); err != nil {
 				return err
 			}
-			w := torch.NewWorker()
+			w := a.Compute.worker()
 			defer w.Close()
 			sa := sensitivityArgs{Opt: sensitivity.Options{Batches: a.SensBatches, BatchSize: a.SensBatchSize, Classes: t.ds.NumClasses(),
 				HeadSeed: a.Seed, Seed: a.Seed, Head: a.Head, HeadSeeds: a.HeadSeeds}, Top: 0.004, Out: t.file("scores.safetensors"), Plot: t.file("sensitivity.png"), Data: a.Data}
-			rep, s, err := scoreSensitivity(ctx, t.log, w, t.base, t.v, split, t.pre, sa)
+			rep, s, err := scoreSensitivity(ctx, t.log, a.Compute.engine(w), t.base, t.v, split, t.pre, sa)
 			if err != nil {
 				return err
 			}
@@ -354,7 +360,7 @@ func (t *tuneRun) train(ctx context.Context, plan *inject.Plan) (*onnxpb.ModelPr
 		cfg := train.Config{Epochs: a.Epochs, BatchSize: a.BatchSize, LR: a.LR, MinLR: 1e-8, WeightDecay: a.WeightDecay,
 			WarmupEpochs: a.Warmup, Seed: a.Seed, ValEvery: 10, Checkpoint: out + ".ckpt"}
 		var rep *trainReport
-		if trained, rep, err = trainModel(ctx, t.log, tunable, t.file("tunable.onnx"), trainSplit, valSplit, a.ValSplit, pre, cfg); err != nil {
+		if trained, rep, err = trainModel(ctx, t.log, tunable, t.file("tunable.onnx"), trainSplit, valSplit, a.ValSplit, pre, cfg, a.Compute); err != nil {
 			return err
 		}
 		if err := onnxio.Save(out, trained); err != nil {

@@ -25,6 +25,9 @@ const (
 	KeyBasePath = "sptctl.base_path"
 	// KeyMerged marks a model written by `sptctl export --merge`: JSON MergedNote.
 	KeyMerged = "sptctl.merged"
+	// KeyPrecision is the precision `sptctl train` ran matrix products in: fp32 or
+	// bf16 (the stored weights are float32 either way).
+	KeyPrecision = "sptctl.precision"
 )
 
 // Preprocess is how images are turned into the model's input.
