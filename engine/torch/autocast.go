@@ -45,3 +45,19 @@ func asFloat32(t *ts.Tensor) (*ts.Tensor, error) {
 	}
 	return f, nil
 }
+
+// F32 is T(v) as float32: a bfloat16 tensor (an autocast matrix product's output) is
+// cast, the copy dropped after the step. Layer norm and softmax read their input
+// through it, so they compute in float32 under bf16 autocast.
+func (r *runCtx) F32(v value) (*ts.Tensor, error) {
+	t, err := r.T(v)
+	if err != nil || t.DType() != gotch.BFloat16 {
+		return t, err
+	}
+	f, err := t.Totype(gotch.Float, false)
+	if err != nil {
+		return nil, torchErr(err)
+	}
+	r.temps = append(r.temps, f)
+	return f, nil
+}

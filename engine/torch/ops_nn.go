@@ -59,7 +59,7 @@ func opLayerNorm(c *nodeCtx) (kernel, error) {
 	eps := float64(c.float("epsilon", 1e-5))
 	stats := c.outputNamed(1) || c.outputNamed(2)
 	return func(r *runCtx, in []value) ([]value, error) {
-		x, err := r.T(in[0])
+		x, err := r.F32(in[0])
 		if err != nil {
 			return nil, err
 		}
@@ -100,7 +100,7 @@ func opSoftmax(log bool) opFunc {
 		}
 		axis := c.int("axis", def)
 		return func(r *runCtx, in []value) ([]value, error) {
-			x, err := r.T(in[0])
+			x, err := r.F32(in[0])
 			if err != nil {
 				return nil, err
 			}
