@@ -7,6 +7,7 @@ import (
 
 	"github.com/sptctl/sptctl/onnxio"
 	"github.com/sptctl/sptctl/onnxio/onnxpb"
+	"github.com/sptctl/sptctl/surgery"
 )
 
 // Fusions: node chains that PyTorch's exporter writes for one PyTorch op run as that
@@ -33,209 +34,219 @@ type fusion struct {
 
 // findFusions returns the fused steps by the node they replace and the nodes to skip.
 func findFusions(g *onnxpb.GraphProto) (map[*onnxpb.NodeProto]*fusion, map[*onnxpb.NodeProto]bool) {
-	producer := map[string]*onnxpb.NodeProto{}
-	consumers := map[string][]*onnxpb.NodeProto{}
-	for _, n := range g.GetNode() {
-		for _, o := range n.GetOutput() {
-			producer[o] = n
-		}
-		for _, in := range n.GetInput() {
-			consumers[in] = append(consumers[in], n)
-		}
-	}
-	isOutput := map[string]bool{}
-	for _, o := range g.GetOutput() {
-		isOutput[o.GetName()] = true
-	}
-	inits := map[string]*onnxpb.TensorProto{}
-	for _, t := range g.GetInitializer() {
-		inits[t.GetName()] = t
-	}
-	// scalar returns the value of a one-element float constant (Constant node or
-	// initializer).
-	scalar := func(name string) (float64, bool) {
-		var t *onnxpb.TensorProto
-		if p := producer[name]; p != nil && p.GetOpType() == "Constant" {
-			for _, a := range p.GetAttribute() {
-				if a.GetName() == "value" {
-					t = a.GetT()
-				}
-			}
-		} else {
-			t = inits[name]
-		}
-		if t == nil || !isFloatType(t.GetDataType()) {
-			return 0, false
-		}
-		h, err := hostFromProto(t)
-		if err != nil || len(h.f) != 1 {
-			return 0, false
-		}
-		return h.f[0], true
-	}
-	// sole returns the only consumer of value if it has op type op.
-	sole := func(value, op string) *onnxpb.NodeProto {
-		cs := consumers[value]
-		if len(cs) != 1 || isOutput[value] || cs[0].GetOpType() != op || cs[0].GetDomain() != "" && cs[0].GetDomain() != "ai.onnx" {
-			return nil
-		}
-		return cs[0]
-	}
-	out0 := func(n *onnxpb.NodeProto) string {
-		if len(n.GetOutput()) != 1 {
-			return ""
-		}
-		return n.GetOutput()[0]
-	}
-	// other returns the input of a two-input node that is not v.
-	other := func(n *onnxpb.NodeProto, v string) (string, bool) {
-		in := n.GetInput()
-		if len(in) != 2 {
-			return "", false
-		}
-		switch v {
-		case in[0]:
-			return in[1], true
-		case in[1]:
-			return in[0], true
-		}
-		return "", false
-	}
-	// init follows Identity aliases (the exporter's de-duplicated tensors) to an
-	// initializer.
-	initOf := func(name string) (string, *onnxpb.TensorProto) {
-		for k := 0; k < 16; k++ {
-			if t := inits[name]; t != nil {
-				return name, t
-			}
-			p := producer[name]
-			if p == nil || p.GetOpType() != "Identity" || len(p.GetInput()) != 1 {
-				return name, nil
-			}
-			name = p.GetInput()[0]
-		}
-		return name, nil
-	}
-	near := func(v, want float64) bool { return math.Abs(v-want) <= 1e-6*math.Abs(want) }
-
+	ix := newFusionIndex(g)
 	fused := map[*onnxpb.NodeProto]*fusion{}
 	skip := map[*onnxpb.NodeProto]bool{}
+	take := func(f *fusion, chain []*onnxpb.NodeProto) {
+		for _, k := range chain {
+			skip[k] = true
+		}
+		fused[f.at] = f
+	}
 	for _, n := range g.GetNode() {
 		if skip[n] || n.GetDomain() != "" && n.GetDomain() != "ai.onnx" {
 			continue
 		}
 		switch n.GetOpType() {
-		case "Div": // GELU
-			in := n.GetInput()
-			if len(in) != 2 || out0(n) == "" {
-				continue
+		case "Div":
+			if f, chain := ix.gelu(n); f != nil {
+				take(f, chain)
 			}
-			if v, ok := scalar(in[1]); !ok || !near(v, math.Sqrt2) {
-				continue
+		case "Gemm", "MatMul":
+			if sc := matchSparseLinear(n, ix.producer, ix.consumers, ix.isOutput, ix.initOf, ix.sole); sc != nil {
+				take(sc.fusion(), sc.nodes)
+			} else if f, chain := ix.linear(n); f != nil {
+				take(f, chain)
 			}
-			x := in[0]
-			erf := sole(out0(n), "Erf")
-			if erf == nil || out0(erf) == "" {
-				continue
-			}
-			add := sole(out0(erf), "Add")
-			if add == nil || out0(add) == "" {
-				continue
-			}
-			if c, ok := other(add, out0(erf)); !ok {
-				continue
-			} else if v, ok := scalar(c); !ok || !near(v, 1) {
-				continue
-			}
-			mul := sole(out0(add), "Mul")
-			if mul == nil || out0(mul) == "" {
-				continue
-			}
-			if c, ok := other(mul, out0(add)); !ok || c != x {
-				continue
-			}
-			half := sole(out0(mul), "Mul")
-			if half == nil || out0(half) == "" {
-				continue
-			}
-			if c, ok := other(half, out0(mul)); !ok {
-				continue
-			} else if v, ok := scalar(c); !ok || !near(v, 0.5) {
-				continue
-			}
-			for _, k := range []*onnxpb.NodeProto{n, erf, add, mul} {
-				skip[k] = true
-			}
-			fused[half] = &fusion{at: half, mk: opGeluFused,
-				node: &onnxpb.NodeProto{Name: half.Name, OpType: strp("Gelu(fused Div/Erf/Add/Mul/Mul)"),
-					Input: []string{x}, Output: []string{out0(half)}}}
-		case "Gemm": // sparse-delta linear
-			if sc := matchSparseLinear(n, producer, consumers, isOutput, initOf, sole); sc != nil {
-				for _, k := range sc.nodes {
-					skip[k] = true
-				}
-				fused[sc.last] = sc.fusion()
-			}
-		case "MatMul": // linear
-			if sc := matchSparseLinear(n, producer, consumers, isOutput, initOf, sole); sc != nil {
-				for _, k := range sc.nodes {
-					skip[k] = true
-				}
-				fused[sc.last] = sc.fusion()
-				continue
-			}
-			in := n.GetInput()
-			if len(in) != 2 || out0(n) == "" {
-				continue
-			}
-			w, transposed := in[1], true
-			var tr *onnxpb.NodeProto
-			if _, t := initOf(w); t == nil {
-				p := producer[w]
-				if p == nil || p.GetOpType() != "Transpose" || len(p.GetInput()) != 1 || len(consumers[w]) != 1 || isOutput[w] {
-					continue
-				}
-				perm := []int64{}
-				for _, a := range p.GetAttribute() {
-					if a.GetName() == "perm" {
-						perm = a.GetInts()
-					}
-				}
-				if len(perm) != 2 || perm[0] != 1 || perm[1] != 0 {
-					continue
-				}
-				tr, w, transposed = p, p.GetInput()[0], false
-			}
-			w, wt := initOf(w)
-			if wt == nil || wt.GetDataType() != onnxio.Float || len(wt.GetDims()) != 2 {
-				continue
-			}
-			add := sole(out0(n), "Add")
-			if add == nil || out0(add) == "" {
-				continue
-			}
-			b, ok := other(add, out0(n))
-			if !ok {
-				continue
-			}
-			b, bt := initOf(b)
-			outDim := wt.GetDims()[1]
-			if !transposed {
-				outDim = wt.GetDims()[0]
-			}
-			if bt == nil || bt.GetDataType() != onnxio.Float || len(bt.GetDims()) != 1 || bt.GetDims()[0] != outDim {
-				continue
-			}
-			skip[n] = true
-			if tr != nil {
-				skip[tr] = true
-			}
-			fused[add] = &fusion{at: add, mk: opLinearFused(transposed),
-				node: &onnxpb.NodeProto{Name: add.Name, OpType: strp("Linear(fused MatMul/Add)"),
-					Input: []string{in[0], w, b}, Output: []string{out0(add)}}}
 		}
 	}
 	return fused, skip
+}
+
+// fusionIndex is what the fusion matchers read of a graph.
+type fusionIndex struct {
+	producer  map[string]*onnxpb.NodeProto
+	consumers map[string][]*onnxpb.NodeProto
+	isOutput  map[string]bool
+	inits     map[string]*onnxpb.TensorProto
+}
+
+func newFusionIndex(g *onnxpb.GraphProto) *fusionIndex {
+	ix := &fusionIndex{producer: map[string]*onnxpb.NodeProto{}, consumers: map[string][]*onnxpb.NodeProto{},
+		isOutput: map[string]bool{}, inits: map[string]*onnxpb.TensorProto{}}
+	for _, n := range g.GetNode() {
+		for _, o := range n.GetOutput() {
+			ix.producer[o] = n
+		}
+		for _, in := range n.GetInput() {
+			ix.consumers[in] = append(ix.consumers[in], n)
+		}
+	}
+	for _, o := range g.GetOutput() {
+		ix.isOutput[o.GetName()] = true
+	}
+	for _, t := range g.GetInitializer() {
+		ix.inits[t.GetName()] = t
+	}
+	return ix
+}
+
+// scalar returns the value of a one-element float constant (Constant node or
+// initializer).
+func (ix *fusionIndex) scalar(name string) (float64, bool) {
+	var t *onnxpb.TensorProto
+	if p := ix.producer[name]; p != nil && p.GetOpType() == "Constant" {
+		if a := surgery.Attr(p, "value"); a != nil {
+			t = a.GetT()
+		}
+	} else {
+		t = ix.inits[name]
+	}
+	if t == nil || !isFloatType(t.GetDataType()) {
+		return 0, false
+	}
+	h, err := hostFromProto(t)
+	if err != nil || len(h.f) != 1 {
+		return 0, false
+	}
+	return h.f[0], true
+}
+
+// sole returns the only consumer of value if it has op type op.
+func (ix *fusionIndex) sole(value, op string) *onnxpb.NodeProto {
+	cs := ix.consumers[value]
+	if len(cs) != 1 || ix.isOutput[value] || cs[0].GetOpType() != op || cs[0].GetDomain() != "" && cs[0].GetDomain() != "ai.onnx" {
+		return nil
+	}
+	return cs[0]
+}
+
+// initOf follows Identity aliases (the exporter's de-duplicated tensors) to an
+// initializer.
+func (ix *fusionIndex) initOf(name string) (string, *onnxpb.TensorProto) {
+	for k := 0; k < 16; k++ {
+		if t := ix.inits[name]; t != nil {
+			return name, t
+		}
+		p := ix.producer[name]
+		if p == nil || p.GetOpType() != "Identity" || len(p.GetInput()) != 1 {
+			return name, nil
+		}
+		name = p.GetInput()[0]
+	}
+	return name, nil
+}
+
+// scalarNear reports whether value is a scalar constant within 1e-6 (relative) of want.
+func (ix *fusionIndex) scalarNear(value string, want float64) bool {
+	v, ok := ix.scalar(value)
+	return ok && math.Abs(v-want) <= 1e-6*math.Abs(want)
+}
+
+func out0(n *onnxpb.NodeProto) string {
+	if len(n.GetOutput()) != 1 {
+		return ""
+	}
+	return n.GetOutput()[0]
+}
+
+// other returns the input of a two-input node that is not v.
+func other(n *onnxpb.NodeProto, v string) (string, bool) {
+	in := n.GetInput()
+	if len(in) != 2 {
+		return "", false
+	}
+	switch v {
+	case in[0]:
+		return in[1], true
+	case in[1]:
+		return in[0], true
+	}
+	return "", false
+}
+
+// gelu matches Div(x, √2) → Erf → Add(·, 1) → Mul(x, ·) → Mul(·, 0.5) from its Div.
+func (ix *fusionIndex) gelu(n *onnxpb.NodeProto) (*fusion, []*onnxpb.NodeProto) {
+	in := n.GetInput()
+	if len(in) != 2 || out0(n) == "" || !ix.scalarNear(in[1], math.Sqrt2) {
+		return nil, nil
+	}
+	x := in[0]
+	erf := ix.sole(out0(n), "Erf")
+	if erf == nil || out0(erf) == "" {
+		return nil, nil
+	}
+	add := ix.sole(out0(erf), "Add")
+	if add == nil || out0(add) == "" {
+		return nil, nil
+	}
+	if c, ok := other(add, out0(erf)); !ok || !ix.scalarNear(c, 1) {
+		return nil, nil
+	}
+	mul := ix.sole(out0(add), "Mul")
+	if mul == nil || out0(mul) == "" {
+		return nil, nil
+	}
+	if c, ok := other(mul, out0(add)); !ok || c != x {
+		return nil, nil
+	}
+	half := ix.sole(out0(mul), "Mul")
+	if half == nil || out0(half) == "" {
+		return nil, nil
+	}
+	if c, ok := other(half, out0(mul)); !ok || !ix.scalarNear(c, 0.5) {
+		return nil, nil
+	}
+	return &fusion{at: half, mk: opGeluFused,
+		node: &onnxpb.NodeProto{Name: half.Name, OpType: strp("Gelu(fused Div/Erf/Add/Mul/Mul)"),
+			Input: []string{x}, Output: []string{out0(half)}}}, []*onnxpb.NodeProto{n, erf, add, mul}
+}
+
+// linear matches MatMul(x, Wᵀ or Transpose(W)) → Add(b) from its MatMul.
+func (ix *fusionIndex) linear(n *onnxpb.NodeProto) (*fusion, []*onnxpb.NodeProto) {
+	in := n.GetInput()
+	if n.GetOpType() != "MatMul" || len(in) != 2 || out0(n) == "" {
+		return nil, nil
+	}
+	w, transposed := in[1], true
+	var tr *onnxpb.NodeProto
+	if _, t := ix.initOf(w); t == nil {
+		p := ix.producer[w]
+		if p == nil || p.GetOpType() != "Transpose" || len(p.GetInput()) != 1 || len(ix.consumers[w]) != 1 || ix.isOutput[w] {
+			return nil, nil
+		}
+		if perm := surgery.AttrInts(p, "perm"); len(perm) != 2 || perm[0] != 1 || perm[1] != 0 {
+			return nil, nil
+		}
+		tr, w, transposed = p, p.GetInput()[0], false
+	}
+	w, wt := ix.initOf(w)
+	if wt == nil || wt.GetDataType() != onnxio.Float || len(wt.GetDims()) != 2 {
+		return nil, nil
+	}
+	add := ix.sole(out0(n), "Add")
+	if add == nil || out0(add) == "" {
+		return nil, nil
+	}
+	b, ok := other(add, out0(n))
+	if !ok {
+		return nil, nil
+	}
+	b, bt := ix.initOf(b)
+	outDim := wt.GetDims()[1]
+	if !transposed {
+		outDim = wt.GetDims()[0]
+	}
+	if bt == nil || bt.GetDataType() != onnxio.Float || len(bt.GetDims()) != 1 || bt.GetDims()[0] != outDim {
+		return nil, nil
+	}
+	chain := []*onnxpb.NodeProto{n}
+	if tr != nil {
+		chain = append(chain, tr)
+	}
+	return &fusion{at: add, mk: opLinearFused(transposed),
+		node: &onnxpb.NodeProto{Name: add.Name, OpType: strp("Linear(fused MatMul/Add)"),
+			Input: []string{in[0], w, b}, Output: []string{out0(add)}}}, chain
 }
 
 func strp(s string) *string { return &s }
