@@ -337,3 +337,62 @@ func parseValueInfo(b []byte) (ValueInfo, error) {
 	})
 	return info, err
 }
+
+// PeekExternalData lists the distinct external-data locations (relative to the
+// model's folder, as written) of a model file's graph initializers, reading only the
+// initializers' small fields.
+func PeekExternalData(path string) ([]string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	p := pbReader{r: f}
+	seen := map[string]bool{}
+	var locs []string
+	// ModelProto.graph (7) > GraphProto.initializer (5) > TensorProto.external_data (13)
+	// > StringStringEntryProto key (1), value (2).
+	in := func(num protowire.Number, then func(wireField) error) func(wireField) error {
+		return func(fl wireField) error {
+			if fl.num != num || fl.typ != protowire.BytesType {
+				return nil
+			}
+			return then(fl)
+		}
+	}
+	err = p.each(0, st.Size(), in(7, func(g wireField) error {
+		return p.each(g.start, g.stop, in(5, func(t wireField) error {
+			return p.each(t.start, t.stop, in(13, func(e wireField) error {
+				if e.stop-e.start > 1<<16 {
+					return fmt.Errorf("external_data entry of %d bytes", e.stop-e.start)
+				}
+				b := make([]byte, e.stop-e.start)
+				if _, err := f.ReadAt(b, e.start); err != nil {
+					return err
+				}
+				var key, val string
+				err := wireFields(b, func(num protowire.Number, wt protowire.Type, _ uint64, v []byte) error {
+					if wt == protowire.BytesType && num == 1 {
+						key = string(v)
+					} else if wt == protowire.BytesType && num == 2 {
+						val = string(v)
+					}
+					return nil
+				})
+				if err == nil && key == "location" && !seen[val] {
+					seen[val] = true
+					locs = append(locs, val)
+				}
+				return err
+			}))
+		}))
+	}))
+	if err != nil {
+		return nil, fmt.Errorf("%s: not an ONNX model (%v)", path, err)
+	}
+	return locs, nil
+}
