@@ -11,7 +11,7 @@
 # trainable count, 3 seeds. Results: bench/RESULTS-sensitivity.md, figures bench/figures/.
 #
 # Usage: bench/spt/heads.sh      (after `make build` and models/make-backbone.sh)
-# Knobs (environment): SEEDS, TASKS (stability), ACC_TASKS and HEADS (accuracy runs),
+# Knobs (environment): SEEDS, TASKS (stability), ACC_TASKS, ACC_SEEDS and HEADS (accuracy runs),
 # WORKERS, LOCK (a file to flock around each batch of runs: the stability runs, then
 # each task × seed of the accuracy runs, so other heavy jobs can interleave), SPTCTL,
 # and run.sh's EPOCHS, BATCH, LR, WARMUP, WD, DROPOUT, MODEL, FMNIST, CACHE.
@@ -35,6 +35,7 @@ RANK=8
 SEEDS=${SEEDS:-"0 1 2"}
 TASKS=${TASKS:-"fmnist-new rotation digits inverted"}
 ACC_TASKS=${ACC_TASKS:-$TASKS}
+ACC_SEEDS=${ACC_SEEDS:-$SEEDS}
 HEADS=${HEADS:-"random probe random4 zero-mean"}
 LOCK=${LOCK:-$CACHE/heads/.lock}
 SENS_HEADS="random probe random4 zero-mean"
@@ -210,7 +211,7 @@ run_phase() {
 }
 run_phase phase_sens
 for t in $ACC_TASKS; do # task by task: a task's seeds complete before the next task starts
-	for seed in $SEEDS; do run_phase phase_acc "$t" "$seed"; done
+	for seed in $ACC_SEEDS; do run_phase phase_acc "$t" "$seed"; done
 done
 mapfile -t failed <"$CACHE/heads/.failed"
 
@@ -218,6 +219,7 @@ mapfile -t failed <"$CACHE/heads/.failed"
 command=bench/spt/heads.sh
 [ "$HEADS" = "random probe random4 zero-mean" ] || command="HEADS=\"$HEADS\" $command"
 [ "$ACC_TASKS" = "$TASKS" ] || command="ACC_TASKS=\"$ACC_TASKS\" $command"
+[ "$ACC_SEEDS" = "$SEEDS" ] || command="ACC_SEEDS=\"$ACC_SEEDS\" $command"
 [ "$TASKS" = "fmnist-new rotation digits inverted" ] || command="TASKS=\"$TASKS\" $command"
 [ "$SEEDS" = "0 1 2" ] || command="SEEDS=\"$SEEDS\" $command"
 cpu=$(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -1)
@@ -226,12 +228,13 @@ jq -n --arg model "$MODEL" --argjson epochs "$EPOCHS" --argjson batch "$BATCH" -
 	--argjson seeds "$(printf '%s\n' $SEEDS | jq -s -c 'map(tonumber)')" \
 	--argjson tasks "$(printf '%s\n' $TASKS | jq -R . | jq -s -c .)" \
 	--argjson acc_tasks "$(printf '%s\n' $ACC_TASKS | jq -R . | jq -s -c .)" \
+	--argjson acc_seeds "$(printf '%s\n' $ACC_SEEDS | jq -s -c 'map(tonumber)')" \
 	--argjson heads "$(printf '%s\n' $HEADS | jq -R . | jq -s -c .)" \
 	--arg machine "$(nproc) CPU cores ($cpu), shared with other work; $WORKERS runs at a time, each pinned to one core" \
 	--arg date "$(date -u '+%Y-%m-%d %H:%M UTC')" \
 	--arg cmd "$command" \
 	'{command:$cmd, model:$model, epochs:$epochs, batch_size:$batch, lr:$lr, weight_decay:$wd, warmup:$warmup,
-	  dropout:$dropout, rank:$rank, seeds:$seeds, tasks:$tasks, acc_tasks:$acc_tasks, heads:$heads, machine:$machine, date:$date}' >"$CACHE/heads/settings.json"
+	  dropout:$dropout, rank:$rank, seeds:$seeds, tasks:$tasks, acc_tasks:$acc_tasks, acc_seeds:$acc_seeds, heads:$heads, machine:$machine, date:$date}' >"$CACHE/heads/settings.json"
 go run ./bench/spt/heads -cache "$CACHE" -settings "$CACHE/heads/settings.json" -out "$RESULTS" -figures "$FIGURES" ||
 	die "writing $RESULTS failed"
 echo "done in $(($(date +%s) - start))s; see $RESULTS"
