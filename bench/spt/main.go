@@ -143,6 +143,9 @@ type settings struct {
 	Machine  string            `json:"machine"`
 	Date     string            `json:"date"`
 	Upstream string            `json:"upstream"`
+	// Note, if set, says what this run covers (a partial rerun: which rows are
+	// missing and where they are).
+	Note string `json:"note,omitempty"`
 }
 
 var mainMethods = []string{"linear", "bitfit", "lora-qv", "adapter", "full", "spt-lora", "spt-adapter", "dora-qv", "spt-dora"}
@@ -434,6 +437,9 @@ func render(set settings, runs []run, sens map[string]*sensSummary, torch map[st
 		"sensitivity per task, and runs `go run ./bench/spt` to write this file and the figures. " +
 		"Numbers may move within the stated std on a rerun.\n\n")
 	p("Machine: %s. Run finished %s.\n\n", set.Machine, set.Date)
+	if set.Note != "" {
+		p("**Note**: %s\n\n", set.Note)
+	}
 
 	// ---- setup
 	p("## Setup\n\n")
@@ -524,6 +530,10 @@ func render(set settings, runs []run, sens map[string]*sensSummary, torch map[st
 				p(" — |")
 				continue
 			}
+			if a.N < 2 || bb.N < 2 { // no std: no verdict
+				p(" %+.1f (1 seed) |", a.Mean-bb.Mean)
+				continue
+			}
 			d := a.Mean - bb.Mean
 			sumDiff[i] += d
 			nDiff[i]++
@@ -547,6 +557,10 @@ func render(set settings, runs []run, sens map[string]*sensSummary, torch map[st
 	for i, pr := range pairs {
 		o := overall(runs, set.Tasks, pr.a).Mean - overall(runs, set.Tasks, pr.b).Mean
 		_ = sumDiff
+		if math.IsNaN(o) { // a method without every task
+			p(" — (%d win, %d tie, %d loss) |", verdicts[i][0], verdicts[i][1], verdicts[i][2])
+			continue
+		}
 		p(" **%+.1f** (%d win, %d tie, %d loss) |", o, verdicts[i][0], verdicts[i][1], verdicts[i][2])
 	}
 	p("\n\n")

@@ -12,10 +12,12 @@
 # rerun, so an interrupted benchmark resumes), sens/ (sensitivity summaries, sptctl's and
 # PyTorch's cross-check).
 # Knobs (environment): EPOCHS, BATCH, LR, LR_FULL, WARMUP, WD, DROPOUT, SEEDS,
-# SWEEP_TASKS, SWEEP_RANKS, SWEEP_SEEDS, TASKS, JOBS, MODEL, SPTCTL, CARVE_ONLY. RESULTS.md states the
+# SWEEP_TASKS, SWEEP_RANKS, SWEEP_SEEDS, TASKS, JOBS, NOTE, MODEL, SPTCTL, CARVE_ONLY. RESULTS.md states the
 # values used; change them and the cache's runs no longer match: remove bench/cache/spt/runs.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+# the knobs given, for the command RESULTS.md states
+given=$(for v in TASKS SWEEP_TASKS JOBS SEEDS EPOCHS RESULTS FIGURES; do [ -n "${!v+x}" ] && printf '%s=%q ' "$v" "${!v}"; done)
 
 MODEL=${MODEL:-models/vit-fmnist.onnx}
 FMNIST=${FMNIST:-/usr/share/datasets/fashion-mnist}
@@ -32,7 +34,7 @@ DROPOUT=${DROPOUT:-0.1}
 RANK=8
 SEEDS=${SEEDS:-"0 1 2"}
 TASKS=${TASKS:-"fmnist-new rotation digits inverted"}
-SWEEP_TASKS=${SWEEP_TASKS:-"digits fmnist-new"}
+SWEEP_TASKS=${SWEEP_TASKS-"digits fmnist-new"} # set and empty: no sweep
 SWEEP_RANKS=${SWEEP_RANKS:-"1 2 4 8 16"}
 SWEEP_SEEDS=${SWEEP_SEEDS:-$SEEDS}
 TEST_N=${TEST_N:-1000}
@@ -239,7 +241,7 @@ desc_json=$(for t in $TASKS; do jq -n --arg k "$t" --arg v "${DESC[$t]}" '{($k):
 adr=$(for t in $TASKS; do echo "${ADRANK[$t]}"; done | sort -u | head -1)
 upstream=$(jq -r '"test top-1 \(.top1*100|.*10|round/10)% on \(.n) upstream test images"' "${MODEL%.onnx}.upstream.json" 2>/dev/null || echo "upstream accuracy not recorded")
 cpu=$(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -1)
-jq -n --arg cmd "bench/spt/run.sh" --arg model "$MODEL" --argjson epochs "$EPOCHS" --argjson batch "$BATCH" \
+jq -n --arg cmd "${given}bench/spt/run.sh" --arg note "${NOTE:-}" --arg model "$MODEL" --argjson epochs "$EPOCHS" --argjson batch "$BATCH" \
 	--argjson lr "$LR" --argjson lrf "$LR_FULL" --argjson wd "$WD" --argjson warmup "$WARMUP" --argjson dropout "$DROPOUT" \
 	--argjson seeds "$seeds_json" --argjson rank $RANK --argjson adrank "${adr:-0}" --argjson sweeps "$sweeps_json" \
 	--argjson ranks "$ranks_json" --argjson tasks "$tasks_json" --argjson desc "$desc_json" \
@@ -247,7 +249,7 @@ jq -n --arg cmd "bench/spt/run.sh" --arg model "$MODEL" --argjson epochs "$EPOCH
 	--arg date "$(date -u '+%Y-%m-%d %H:%M UTC')" --arg up "$upstream" \
 	'{command:$cmd, model:$model, epochs:$epochs, batch_size:$batch, lr:$lr, lr_full:$lrf, weight_decay:$wd, warmup:$warmup,
 	  dropout:$dropout, train_split:"train800val200", seeds:$seeds, rank:$rank, adapter_rank:$adrank, sweep_tasks:$sweeps,
-	  sweep_ranks:$ranks, tasks:$tasks, task_desc:$desc, machine:$machine, date:$date, upstream:$up}' >"$CACHE/settings.json"
+	  sweep_ranks:$ranks, tasks:$tasks, task_desc:$desc, machine:$machine, date:$date, upstream:$up, note:$note}' >"$CACHE/settings.json"
 
 go run ./bench/spt -runs "$CACHE/runs" -sens "$CACHE/sens" -settings "$CACHE/settings.json" \
 	-out "$RESULTS" -figures "$FIGURES" || die "writing RESULTS.md failed"
