@@ -31,10 +31,10 @@ type Dataset struct {
 	// (nil for the other layouts, whose labels are plain integers).
 	Classes []string
 
-	splits  map[string]*Split
-	aliases map[string][]string // alias -> the splits it could name (used if exactly one)
-	maxLab  int
-	classes int // class count a FewShot manifest declares (0 if none)
+	splits     map[string]*Split
+	aliases    map[string][]string // alias -> the splits it could name (used if exactly one)
+	classes    int                 // class count a FewShot manifest declares (0 if none)
+	numClasses int                 // the task's class count (see setClasses)
 }
 
 // Split is one split of a dataset: a list of (image, label) pairs. Its methods are safe
@@ -45,6 +45,8 @@ type Split struct {
 	paths  []string // as written (list files) or relative to dir (ImageFolder)
 	labels []int
 	idx    *idxImages // IDX splits: the images, in memory
+	src    string     // the file the labels come from (list or IDX labels), for messages
+	lines  []int      // list splits: the line of each example in src
 }
 
 // Open reads the data folder dir, detecting its layout (see the package
@@ -86,11 +88,8 @@ func Open(dir string) (*Dataset, error) {
 		return nil, err
 	}
 	d.Dir = dir
-	d.maxLab = -1
-	for _, s := range d.splits {
-		for _, l := range s.labels {
-			d.maxLab = max(d.maxLab, l)
-		}
+	if err := d.setClasses(); err != nil {
+		return nil, err
 	}
 	return d, nil
 }
@@ -121,12 +120,12 @@ func (d *Dataset) Split(name string) (*Split, error) {
 	return nil, fmt.Errorf("data %s (%s): no split %q; it has %s", d.Dir, d.Layout, name, strings.Join(d.Splits(), ", "))
 }
 
-// NumClasses returns the number of classes: the largest label over all splits plus one,
-// or more if the folder says so: the number of class folders of an ImageFolder tree, the
-// num_classes of a FewShot output's ManifestFile (a rotation task has 4 classes even if
-// a small draw lacks label 3).
+// NumClasses returns the task's number of classes: the class folders of an ImageFolder
+// tree, the num_classes of a FewShot manifest (ManifestFile; a rotation task has 4
+// classes even if a small draw lacks label 3), else the largest training label plus one
+// (see Open). Every label of every split is below it.
 func (d *Dataset) NumClasses() int {
-	return max(d.maxLab+1, len(d.Classes), d.classes)
+	return d.numClasses
 }
 
 // SplitName returns the name of the split ("train800", "test", …).
@@ -161,11 +160,7 @@ func (s *Split) Image(i int) (image.Image, error) {
 		return nil, fmt.Errorf("decode %s: %w", p, err)
 	}
 	defer f.Close()
-	img, _, err := image.Decode(bufio.NewReader(f))
-	if err != nil {
-		return nil, fmt.Errorf("decode %s: %w", p, err)
-	}
-	return img, nil
+	return decodeImage(f, p)
 }
 
 func (s *Split) path(i int) string {
@@ -222,7 +217,7 @@ func readList(dir, file string) (*Split, error) {
 		return nil, fmt.Errorf("data: %w", err)
 	}
 	defer f.Close()
-	s := &Split{dir: dir}
+	s := &Split{dir: dir, src: file}
 	sc := bufio.NewScanner(f)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	line := 0
@@ -246,6 +241,7 @@ func readList(dir, file string) (*Split, error) {
 		}
 		s.paths = append(s.paths, path)
 		s.labels = append(s.labels, label)
+		s.lines = append(s.lines, line)
 		full := s.path(len(s.paths) - 1)
 		st, err := os.Stat(full)
 		if err != nil {

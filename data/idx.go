@@ -92,7 +92,7 @@ func openIDX(dir string) (*Dataset, error) {
 			return nil, fmt.Errorf("data: %s has %d images but %s has %d labels",
 				filepath.Base(p.imgPath), p.imgs.n, filepath.Base(p.labPath), len(p.labs))
 		}
-		d.splits[p.name] = &Split{name: p.name, dir: dir, labels: p.labs, idx: p.imgs}
+		d.splits[p.name] = &Split{name: p.name, dir: dir, labels: p.labs, idx: p.imgs, src: filepath.Base(p.labPath)}
 	}
 	return d, nil
 }

@@ -237,8 +237,7 @@ func safeTensor(img image.Image, p meta.Preprocess, dst []float32) (err error) {
 			err = fmt.Errorf("%v", r)
 		}
 	}()
-	Tensor(img, p, dst)
-	return nil
+	return Tensor(img, p, dst)
 }
 
 // Next returns the next batch; ok is false at the end of the epoch (err nil), after an

@@ -100,7 +100,9 @@ func TestLoader(t *testing.T) {
 			}
 			img, _ := s.Image(ex)
 			want := make([]float32, size)
-			Tensor(img, p, want)
+			if err := Tensor(img, p, want); err != nil {
+				t.Fatal(err)
+			}
 			if !slices.Equal(b.Images[j*size:(j+1)*size], want) {
 				t.Fatalf("batch %d item %d: image differs", k, j)
 			}

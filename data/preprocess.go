@@ -37,8 +37,8 @@ func DefaultPreprocess(channels, h, w int) meta.Preprocess {
 // CheckPreprocess reports whether Tensor can use p: positive sizes, one mean and one
 // non-zero std per channel (or a single value for all channels).
 func CheckPreprocess(p meta.Preprocess) error {
-	if p.Channels < 1 || p.Height < 1 || p.Width < 1 {
-		return fmt.Errorf("preprocess: channels, height and width must be positive, got %d×%d×%d", p.Channels, p.Height, p.Width)
+	if err := CheckInputSize(int64(p.Channels), int64(p.Height), int64(p.Width)); err != nil {
+		return fmt.Errorf("preprocess: %w", err)
 	}
 	if n := len(p.Mean); n != p.Channels && n != 1 {
 		return fmt.Errorf("preprocess: %d mean values for %d channels", n, p.Channels)
@@ -77,22 +77,27 @@ func TensorSize(p meta.Preprocess) int { return p.Channels * p.Height * p.Width 
 //     An image already of the target size is not resampled.
 //  4. Normalise: (x − Mean[c]) / Std[c].
 //
-// Tensor panics if p is invalid (see CheckPreprocess), if a colour image is asked for a
-// channel count other than 1 or 3, or if dst is shorter than C×H×W.
-func Tensor(img image.Image, p meta.Preprocess, dst []float32) {
+// Tensor returns an error, and writes nothing, if p is invalid (see CheckPreprocess),
+// if a colour image is asked for a channel count other than 1 or 3, if dst is shorter
+// than C×H×W, or if the image is empty or over MaxImageSide / MaxImagePixels.
+func Tensor(img image.Image, p meta.Preprocess, dst []float32) error {
 	if err := CheckPreprocess(p); err != nil {
-		panic("data.Tensor: " + err.Error())
+		return err
 	}
 	C, H, W := p.Channels, p.Height, p.Width
 	if len(dst) < C*H*W {
-		panic(fmt.Sprintf("data.Tensor: dst has %d values, need %d×%d×%d = %d", len(dst), C, H, W, C*H*W))
+		return fmt.Errorf("preprocess: destination has %d values, need %d×%d×%d = %d", len(dst), C, H, W, C*H*W)
 	}
-	planes, gray := toPlanes(img)
 	b := img.Bounds()
 	sw, sh := b.Dx(), b.Dy()
-	if !gray && C != 1 && C != 3 {
-		panic(fmt.Sprintf("data.Tensor: cannot map an RGB image to %d channels (1 or 3)", C))
+	if sw < 1 || sh < 1 || sw > MaxImageSide || sh > MaxImageSide || int64(sw)*int64(sh) > MaxImagePixels {
+		return fmt.Errorf("preprocess: image of %d×%d pixels: want 1 to %d a side, %d in all", sw, sh, MaxImageSide, MaxImagePixels)
 	}
+	gray := isGray(img)
+	if !gray && C != 1 && C != 3 {
+		return fmt.Errorf("preprocess: cannot map an RGB image to %d channels (1 or 3)", C)
+	}
+	planes, _ := toPlanes(img)
 	if !gray && C == 1 {
 		y := make([]float32, sw*sh)
 		r, g, bl := planes[0], planes[1], planes[2]
@@ -125,6 +130,20 @@ func Tensor(img image.Image, p meta.Preprocess, dst []float32) {
 			d[i] = (v - mean) * inv
 		}
 	}
+	return nil
+}
+
+// isGray reports whether toPlanes gives img one (gray) plane.
+func isGray(img image.Image) bool {
+	if _, ok := img.(*image.Gray); ok {
+		return true
+	}
+	switch img.(type) {
+	case *image.RGBA, *image.NRGBA, *image.YCbCr:
+		return false
+	}
+	m := img.ColorModel()
+	return m == color.GrayModel || m == color.Gray16Model
 }
 
 // toPlanes converts img to float32 planes in [0,1]: one for a grayscale image, three

@@ -110,17 +110,23 @@ func TestTensorChecks(t *testing.T) {
 	if err := CheckPreprocess(DefaultPreprocess(1, 28, 28)); err != nil {
 		t.Fatal(err)
 	}
-	mustPanic := func(f func()) {
-		t.Helper()
-		defer func() {
-			if recover() == nil {
-				t.Fatal("no panic")
-			}
-		}()
-		f()
+	for _, c := range []struct {
+		img  image.Image
+		p    meta.Preprocess
+		n    int
+		want string
+	}{
+		{grayImg(2, 2, 0), DefaultPreprocess(1, 2, 2), 3, "destination has 3 values"},
+		{rgbImg(2, 2, color.NRGBA{}), DefaultPreprocess(2, 2, 2), 8, "cannot map an RGB image to 2 channels"},
+		{grayImg(2, 2, 0), meta.Preprocess{Channels: 1, Height: 2, Width: 2}, 4, "mean"},
+		{image.NewGray(image.Rect(0, 0, 0, 2)), DefaultPreprocess(1, 2, 2), 4, "image of 0×2 pixels"},
+		{image.NewGray(image.Rect(0, 0, MaxImageSide+1, 1)), DefaultPreprocess(1, 2, 2), 4, "image of 16385×1 pixels"},
+	} {
+		dst := make([]float32, c.n)
+		if err := Tensor(c.img, c.p, dst); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("error %v, want %q", err, c.want)
+		}
 	}
-	mustPanic(func() { Tensor(grayImg(2, 2, 0), DefaultPreprocess(1, 2, 2), make([]float32, 3)) })
-	mustPanic(func() { Tensor(rgbImg(2, 2, color.NRGBA{}), DefaultPreprocess(2, 2, 2), make([]float32, 8)) })
 	// Gray repeats to any channel count.
 	dst := make([]float32, 8)
 	Tensor(grayImg(2, 2, 0), DefaultPreprocess(2, 2, 2), dst)
@@ -167,7 +173,9 @@ func TestTensorImageTypes(t *testing.T) {
 	Tensor(src, p, want)
 	for _, img := range []image.Image{rgba, rgba64, pal, sub} {
 		got := make([]float32, TensorSize(p))
-		Tensor(img, p, got)
+		if err := Tensor(img, p, got); err != nil {
+			t.Fatal(err)
+		}
 		close32(t, got, want, 1e-6)
 	}
 	// Gray and Gray16 and a gray sub-image agree.
@@ -190,7 +198,9 @@ func TestTensorImageTypes(t *testing.T) {
 	Tensor(g, p, want)
 	for _, img := range []image.Image{g16, gsub} {
 		got := make([]float32, TensorSize(p))
-		Tensor(img, p, got)
+		if err := Tensor(img, p, got); err != nil {
+			t.Fatal(err)
+		}
 		close32(t, got, want, 1e-6)
 	}
 }
@@ -245,7 +255,9 @@ mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1); std = torch.tensor(
 	for _, s := range sizes {
 		p := DefaultPreprocess(3, s[0], s[1])
 		got := make([]float32, TensorSize(p))
-		Tensor(img, p, got)
+		if err := Tensor(img, p, got); err != nil {
+			t.Fatal(err)
+		}
 		want := make([]float32, len(got))
 		if err := binary.Read(bytes.NewReader(out[off:off+4*len(got)]), binary.LittleEndian, want); err != nil {
 			t.Fatal(err)

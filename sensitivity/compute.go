@@ -50,6 +50,11 @@ func Compute(ctx context.Context, e engine.Engine, m *onnxpb.ModelProto, split *
 	if err := inject.CheckClasses("sensitivity: classes", opt.Classes); err != nil {
 		return nil, Info{}, err
 	}
+	for i, l := range split.Labels() {
+		if l >= opt.Classes {
+			return nil, Info{}, fmt.Errorf("sensitivity: %s has label %d, but the task has %d classes", split.Name(i), l, opt.Classes)
+		}
+	}
 	heads := max(opt.HeadSeeds, 1)
 	switch opt.Head {
 	case "":

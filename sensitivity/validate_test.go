@@ -4,12 +4,15 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"image"
+	"image/png"
 	"math"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/sptctl/sptctl/data"
 	"github.com/sptctl/sptctl/internal/meta"
 	"github.com/sptctl/sptctl/internal/safetensors"
 	"github.com/sptctl/sptctl/onnxio"
@@ -137,6 +140,29 @@ func TestComputeRefusesHugeClassCount(t *testing.T) {
 	}
 	_, _, err = Compute(context.Background(), nil, m, nil, meta.Preprocess{}, Options{Batches: 1, BatchSize: 1, Classes: 1_000_000_000_000}, nil)
 	if err == nil || !strings.Contains(err.Error(), "class count from 1 to 100000") {
+		t.Fatalf("got %v", err)
+	}
+}
+
+// --classes below the data set's labels is refused before any work.
+func TestComputeRefusesLabelsOutsideClasses(t *testing.T) {
+	m, err := onnxio.Load("../testdata/tv_op14_static.onnx")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	img := image.NewGray(image.Rect(0, 0, 2, 2))
+	var buf bytes.Buffer
+	png.Encode(&buf, img)
+	os.WriteFile(filepath.Join(dir, "a.png"), buf.Bytes(), 0o644)
+	os.WriteFile(filepath.Join(dir, "train800.txt"), []byte("a.png 0\na.png 1\na.png 2\na.png 3\na.png 4\n"), 0o644)
+	ds, err := data.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	split, _ := ds.Split("train")
+	_, _, err = Compute(context.Background(), nil, m, split, meta.Preprocess{}, Options{Batches: 1, BatchSize: 1, Classes: 3}, nil)
+	if err == nil || !strings.Contains(err.Error(), "label 3, but the task has 3 classes") {
 		t.Fatalf("got %v", err)
 	}
 }

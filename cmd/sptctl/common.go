@@ -62,7 +62,9 @@ func preprocessFor(m *onnxpb.ModelProto, v surgery.Image, log io.Writer) (meta.P
 		}
 		return p, data.CheckPreprocess(p)
 	}
-	p = data.DefaultPreprocess(int(v.Channels), int(v.Height), int(v.Width))
+	if p, err = data.InputPreprocess(v.Channels, v.Height, v.Width); err != nil {
+		return p, err
+	}
 	fmt.Fprintf(log, "preprocessing: %d×%d×%d, mean %v, std %v (default for the model's input)\n", p.Channels, p.Height, p.Width, p.Mean, p.Std)
 	return p, nil
 }

@@ -146,6 +146,9 @@ func evaluate(ctx context.Context, log io.Writer, s *ort.Session, runFn func(map
 	} else if bs == 0 {
 		bs = 64
 	}
+	if err := data.CheckBatch(int64(bs), p); err != nil {
+		return fmt.Errorf("%s: %w", modelPath, err)
+	}
 	start := time.Now()
 	loader := data.NewLoader(split, p, bs, false, 0, 0)
 	batches := loader.Epoch(ctx, 0, 0)

@@ -477,7 +477,10 @@ func choosePreprocess(p meta.Preprocess, ok bool, in *imageIn) (meta.Preprocess,
 		return p, "", fmt.Errorf("input %s: %w", in.Name, err)
 	}
 	if !ok {
-		p = data.DefaultPreprocess(int(in.C), int(in.H), int(in.W))
+		p, err := data.InputPreprocess(in.C, in.H, in.W)
+		if err != nil {
+			return p, "", fmt.Errorf("input %s: %w", in.Name, err)
+		}
 		return p, fmt.Sprintf("default for a %d-channel %dx%d input (mean %v, std %v; the model records none)", in.C, in.H, in.W, p.Mean, p.Std), nil
 	}
 	if err := data.CheckPreprocess(p); err != nil {
