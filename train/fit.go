@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"time"
 
 	"github.com/sptctl/sptctl/data"
@@ -24,6 +25,10 @@ type Config struct {
 	Checkpoint   string // checkpoint file, written atomically after every epoch and on interrupt
 	Resume       bool   // continue from Checkpoint
 	Workers      int    // image decoders (0: one per CPU)
+	// Base is the fingerprint of the base model the trained model was injected into
+	// (meta.KeyBaseFingerprint). Checkpoints record it; resuming from a checkpoint of
+	// another base is refused. Empty: not recorded nor checked.
+	Base string
 }
 
 // Event reports training progress.
@@ -59,8 +64,8 @@ var ErrInterrupted = errors.New("training interrupted")
 // dropout is re-seeded from (Seed, step) before every step, so a run resumed from a
 // checkpoint reaches the same weights as one that was never interrupted.
 func Fit(ctx context.Context, e engine.Engine, p engine.Program, trainSplit, valSplit *data.Split, pre meta.Preprocess, cfg Config, report func(Event)) (*Result, error) {
-	if cfg.Epochs <= 0 || cfg.BatchSize <= 0 {
-		return nil, fmt.Errorf("train: epochs and batch size must be positive (got %d, %d)", cfg.Epochs, cfg.BatchSize)
+	if err := cfg.check(); err != nil {
+		return nil, err
 	}
 	if trainSplit.Len() == 0 {
 		return nil, errors.New("train: the training split is empty")
@@ -138,6 +143,9 @@ func (r *fitRun) resume() (epoch, batch int, err error) {
 	if err != nil {
 		return 0, 0, err
 	}
+	if err := checkBase(cfg.Checkpoint, ck.base, cfg.Base); err != nil {
+		return 0, 0, err
+	}
 	if ck.settings != cfg.fingerprint(r.perEpoch) {
 		return 0, 0, fmt.Errorf("resume %s: the checkpoint was made with other settings (%s); resume with the same flags", cfg.Checkpoint, ck.settings)
 	}
@@ -159,7 +167,7 @@ func (r *fitRun) save(epoch, batch int) error {
 	if r.cfg.Checkpoint == "" {
 		return nil
 	}
-	return writeCheckpoint(r.cfg.Checkpoint, r.e, r.p, r.opt, r.names, r.shapes, epoch, batch, r.cfg.fingerprint(r.perEpoch))
+	return writeCheckpoint(r.cfg.Checkpoint, r.e, r.p, r.opt, r.names, r.shapes, epoch, batch, r.cfg.fingerprint(r.perEpoch), r.cfg.Base)
 }
 
 // interrupted saves a checkpoint at (epoch, batch) and returns ErrInterrupted.
@@ -200,8 +208,14 @@ func (r *fitRun) epoch(epoch, first int) error {
 			if step, err = Step(r.p, batch.Images, batch.Labels, batch.N); err != nil {
 				return err
 			}
+			if math.IsNaN(step.Loss) || math.IsInf(step.Loss, 0) {
+				return errNotFinite // before the step is applied: the parameters stay good
+			}
 			return r.opt.Apply(r.p, lr)
 		})
+		if errors.Is(err, errNotFinite) {
+			return r.stopped(epoch, b, fmt.Sprintf("the loss is %v", step.Loss))
+		}
 		if err != nil {
 			return fmt.Errorf("train: epoch %d batch %d: %w", epoch+1, b+1, err)
 		}
@@ -220,6 +234,11 @@ func (r *fitRun) epoch(epoch, first int) error {
 		}
 	}
 	it.Close()
+	// A step can make a parameter infinite with a finite loss; nothing of such a state
+	// is kept (the last checkpoint is not overwritten).
+	if err := r.e.Do(func() error { return checkParams(r.p, r.names) }); err != nil {
+		return r.stopped(epoch, r.perEpoch-1, err.Error())
+	}
 	if seen > 0 {
 		res.TrainTop1 = float64(correct) / float64(seen)
 	}

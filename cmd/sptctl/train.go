@@ -119,6 +119,7 @@ func runTrain(c *cli.Context) (*trainReport, error) {
 	if cfg.Checkpoint == "" {
 		cfg.Checkpoint = out + ".ckpt"
 	}
+	cfg.Base, _ = onnxio.Metadata(m, meta.KeyBaseFingerprint) // checkpoints of another base are refused
 	ctx, stop := interruptible()
 	defer stop()
 	trained, r, err := trainModel(ctx, c.App.ErrWriter, m, path, trainSplit, valSplit, c.String("val-split"), pre, cfg, cs)
