@@ -181,7 +181,7 @@ func runAdapterExport(c *cli.Context) error {
 		}
 		t.Adapter = t.Name + adapter.Ext
 		p := filepath.Join(dir, t.Adapter)
-		if err := adapter.Write(p, ts); err != nil {
+		if err := adapter.WriteFor(p, ts, info.BaseFingerprint); err != nil {
 			return err
 		}
 		back, err := adapter.Read(p)
@@ -352,13 +352,17 @@ func withAdapter(c *cli.Context, s *ort.Session, modelPath string) (run func(map
 // openAdapter checks the adapter at path against the model at modelPath and loads
 // it with ONNX Runtime; classes is its task's class count (0 if unknown).
 func openAdapter(modelPath, path string) (*ort.LoraAdapter, int, error) {
-	tensors, err := adapter.Read(path)
+	f, err := adapter.ReadFile(path)
 	if err != nil {
 		return nil, 0, err
 	}
+	tensors := f.Tensors
 	m, err := onnxio.Load(modelPath)
 	if err != nil {
 		return nil, 0, err
+	}
+	if err := adapter.CheckBase(f, m); err != nil {
+		return nil, 0, fmt.Errorf("%s: %w", path, err)
 	}
 	if err := adapter.Check(m, tensors); err != nil {
 		var hint string

@@ -12,6 +12,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/sptctl/sptctl/data"
+	"github.com/sptctl/sptctl/export"
 	"github.com/sptctl/sptctl/export/ort"
 	"github.com/sptctl/sptctl/internal/meta"
 	"github.com/sptctl/sptctl/internal/npy"
@@ -51,6 +52,13 @@ type evalResult struct {
 // openSession opens the model at modelPath with ONNX Runtime, with the --adapter of c
 // if one is given: run runs the model (through the adapter), done closes both.
 func openSession(c *cli.Context, modelPath string) (s *ort.Session, run func(map[string]ort.Tensor) (map[string]ort.Tensor, error), done func(), err error) {
+	md, err := readMetadata(modelPath)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	if err := export.CheckSidecar(modelPath, md); err != nil {
+		return nil, nil, nil, err
+	}
 	s, err = ort.Open(modelPath)
 	if err != nil {
 		return nil, nil, nil, err
