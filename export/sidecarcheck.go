@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 
 	"github.com/sptctl/sptctl/internal/meta"
+	"github.com/sptctl/sptctl/onnxio"
 )
 
 // CheckSidecar checks, before a sidecar model is run, that the shared base.data beside
@@ -40,7 +41,7 @@ func CheckSidecar(modelPath string, md map[string]string) error {
 		return fmt.Errorf("sidecar: %s is not a %s description (%v)", jsonPath, BaseFormat, err)
 	}
 	if info.Fingerprint != base {
-		return fmt.Errorf("sidecar: %s describes another base model (fingerprint %s; %s was trained from %s)", jsonPath, short(info.Fingerprint), filepath.Base(modelPath), short(base))
+		return fmt.Errorf("sidecar: %s describes another base model (fingerprint %s; %s was trained from %s)", jsonPath, onnxio.ShortFingerprint(info.Fingerprint), filepath.Base(modelPath), onnxio.ShortFingerprint(base))
 	}
 	dataPath := filepath.Join(dir, BaseData)
 	f, err := os.Open(dataPath)

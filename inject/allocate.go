@@ -190,7 +190,7 @@ func Allocate(v *surgery.ViT, g *surgery.Graph, s Scores, opt Options) (*Plan, e
 	if v == nil || g == nil || v.Head == nil || len(v.Blocks) == 0 {
 		return nil, errors.New("allocate: no ViT")
 	}
-	if err := opt.checkLimits(v); err != nil {
+	if err := opt.checkLimits(v, g); err != nil {
 		return nil, err
 	}
 	fp, err := onnxio.Fingerprint(g.Proto())

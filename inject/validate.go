@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/sptctl/sptctl/engine"
 	"github.com/sptctl/sptctl/onnxio"
 	"github.com/sptctl/sptctl/onnxio/onnxpb"
 	"github.com/sptctl/sptctl/surgery"
@@ -154,9 +155,13 @@ func (p *Plan) checkSizes() error {
 	return nil
 }
 
-// checkLimits refuses options that no model of v's size can use: a rank above
-// MaxRank(v), more than MaxClasses classes.
-func (o *Options) checkLimits(v *surgery.ViT) error {
+// checkLimits refuses options that no model of v's size can use (a rank above
+// MaxRank(v), more than MaxClasses classes), and models the trainer cannot run: a
+// plan for them would be refused only later, when training compiles the model.
+func (o *Options) checkLimits(v *surgery.ViT, g *surgery.Graph) error {
+	if err := engine.CheckOps(g.Proto()); err != nil {
+		return err
+	}
 	if err := checkRank(o.Rank, v); err != nil {
 		return err
 	}

@@ -6,8 +6,11 @@ import (
 	"strings"
 	"testing"
 
+	"google.golang.org/protobuf/proto"
+
 	"github.com/sptctl/sptctl/internal/fixture"
 	"github.com/sptctl/sptctl/onnxio"
+	"github.com/sptctl/sptctl/onnxio/onnxpb"
 )
 
 // Validate refuses every hand edit of a plan that does not fit the model, with one line
@@ -154,4 +157,19 @@ func FuzzDecodePlan(f *testing.F) {
 			t.Fatal("Validate changed the model")
 		}
 	})
+}
+
+// A model with an op the trainer cannot run is refused by Allocate, naming the node,
+// instead of failing only when training compiles it.
+func TestAllocateRefusesUnsupportedOps(t *testing.T) {
+	f := fixture.Load(t, "../testdata/tv_op14_static.onnx")
+	f.M.Graph.Node = append(f.M.Graph.Node, &onnxpb.NodeProto{Name: proto.String("odd"), OpType: proto.String("NonMaxSuppression"),
+		Input: []string{f.M.Graph.Input[0].GetName()}, Output: []string{"odd_out"}})
+	f.G.Reindex()
+	opt := DefaultOptions()
+	opt.Strategy = Uniform
+	_, err := Allocate(f.V, f.G, nil, opt)
+	if err == nil || !strings.Contains(err.Error(), `node "odd": op NonMaxSuppression is not supported`) {
+		t.Fatalf("got %v", err)
+	}
 }

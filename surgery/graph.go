@@ -315,7 +315,9 @@ func SortNodes(nodes []*onnxpb.NodeProto) ([]*onnxpb.NodeProto, error) {
 		}
 		state[n] = visiting
 		for _, in := range n.Input {
-			if p := producer[in]; p != nil && p != n {
+			if p := producer[in]; p == n {
+				return fmt.Errorf("graph has a cycle: node %q reads its own output %q", n.GetName(), in)
+			} else if p != nil {
 				if err := visit(p); err != nil {
 					return err
 				}

@@ -162,6 +162,9 @@ func (v *ViT) Vectors() []Vector {
 // q, k, v and the attention output, or fc1 and fc2; the first linear after the last
 // LayerNorm is the head.
 func FindViT(g *Graph) (*ViT, error) {
+	if err := g.CheckAcyclic(); err != nil {
+		return nil, err
+	}
 	nodes := g.Nodes()
 	index := make(map[*onnxpb.NodeProto]int, len(nodes))
 	for i, n := range nodes {

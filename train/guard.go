@@ -6,6 +6,7 @@ import (
 	"math"
 
 	"github.com/sptctl/sptctl/engine"
+	"github.com/sptctl/sptctl/onnxio"
 )
 
 // check refuses settings that cannot train: non-positive epochs or batch size, a
@@ -77,14 +78,7 @@ func checkBase(path, base, want string) error {
 		return fmt.Errorf("resume: %s records no base model (an older sptctl wrote it); train again without --resume", path)
 	}
 	if base != want {
-		return fmt.Errorf("resume: %s was made from another base model (%s, this model's base is %s)", path, shortFP(base), shortFP(want))
+		return fmt.Errorf("resume: %s was made from another base model (%s, this model's base is %s)", path, onnxio.ShortFingerprint(base), onnxio.ShortFingerprint(want))
 	}
 	return nil
-}
-
-func shortFP(fp string) string {
-	if len(fp) > 23 {
-		return fp[:23] + "…"
-	}
-	return fp
 }

@@ -52,7 +52,7 @@ type evalResult struct {
 // openSession opens the model at modelPath with ONNX Runtime, with the --adapter of c
 // if one is given: run runs the model (through the adapter), done closes both.
 func openSession(c *cli.Context, modelPath string) (s *ort.Session, run func(map[string]ort.Tensor) (map[string]ort.Tensor, error), done func(), err error) {
-	md, err := readMetadata(modelPath)
+	md, err := onnxio.PeekMetadata(modelPath)
 	if err != nil {
 		return nil, nil, nil, err
 	}
@@ -155,7 +155,7 @@ func evaluate(ctx context.Context, log io.Writer, s *ort.Session, runFn func(map
 		bs = 64
 	}
 	if err := data.CheckBatch(int64(bs), p); err != nil {
-		return fmt.Errorf("%s: %w", modelPath, err)
+		return nil, fmt.Errorf("%s: %w", modelPath, err)
 	}
 	start := time.Now()
 	loader := data.NewLoader(split, p, bs, false, 0, 0)

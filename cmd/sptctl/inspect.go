@@ -9,6 +9,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/sptctl/sptctl/engine"
 	"github.com/sptctl/sptctl/internal/meta"
 	"github.com/sptctl/sptctl/onnxio"
 	"github.com/sptctl/sptctl/onnxio/onnxpb"
@@ -98,6 +99,13 @@ func inspectModel(path string) (*inspectReport, error) {
 			}
 		}
 		return nil, err
+	}
+	// A model the trainer cannot run is refused here rather than at train time (a
+	// quantized export, which only ONNX Runtime runs, is shown as it is).
+	if qn, _ := quantizationNote(m); qn == nil {
+		if err := engine.CheckOps(m.GetGraph()); err != nil {
+			return nil, fmt.Errorf("%s: %w", path, err)
+		}
 	}
 	return inspectLoaded(path, m, g, v), nil
 }

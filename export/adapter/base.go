@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"fmt"
 
+	"github.com/sptctl/sptctl/onnxio"
 	"github.com/sptctl/sptctl/onnxio/onnxpb"
 )
 
@@ -45,7 +46,7 @@ func CheckBase(f *File, ready *onnxpb.ModelProto) error {
 		return nil // not an adapter-ready model: Check says what does not fit
 	}
 	if want := BaseTag(info.BaseFingerprint); f.ModelVersion != want {
-		return fmt.Errorf("adapter was trained on another base model (its base tag %d, the model's base %s has tag %d)", f.ModelVersion, shortFP(info.BaseFingerprint), want)
+		return fmt.Errorf("adapter was trained on another base model (its base tag %d, the model's base %s has tag %d)", f.ModelVersion, onnxio.ShortFingerprint(info.BaseFingerprint), want)
 	}
 	return nil
 }
