@@ -15,6 +15,16 @@
 //     t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte, each optionally gzipped; splits
 //     "train" and "test".
 //
+// The class count comes from the task, never from the largest label alone: the class
+// folders of an ImageFolder tree; the num_classes of a fewshot.json manifest (written by
+// [FewShot], or by hand) when the folder has one; otherwise, for VTAB-1k lists and IDX
+// files, the largest label of the training splits (train…, val…) plus one. Open refuses,
+// naming the file and line, any label of any split at or above it, and training labels
+// that leave more than half of the classes without an example (the mark of a typo such
+// as 77 in a 5-class list; a manifest states such a count when it is real). Image
+// files over 16384 pixels a side or 64 Mpx in all are refused from their header, before
+// they are decoded.
+//
 // [Tensor] turns one image into a normalised C×H×W float32 input, [Loader] prepares
 // batches of them on worker goroutines in a deterministic order, and [FewShot] writes a
 // VTAB-1k-style task folder drawn from an IDX set.
