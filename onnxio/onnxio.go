@@ -59,6 +59,9 @@ func Load(path string) (*onnxpb.ModelProto, error) {
 	if err := CheckInitializers(m.GetGraph()); err != nil {
 		return nil, fmt.Errorf("load %s: %w", path, err)
 	}
+	if err := checkNodeTensors(m.GetGraph()); err != nil {
+		return nil, fmt.Errorf("load %s: %w", path, err)
+	}
 	return m, nil
 }
 

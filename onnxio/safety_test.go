@@ -193,3 +193,33 @@ func TestRawDataDimsOverflow(t *testing.T) {
 }
 
 func mkfifo(path string) error { return syscall.Mkfifo(path, 0o644) }
+
+// Tensors in node attributes (a Constant's value) are checked like initializers: dims
+// that overflow, or that disagree with the data, are refused when the model is loaded.
+func TestNodeTensorDimsChecked(t *testing.T) {
+	dir := t.TempDir()
+	for i, c := range []struct {
+		dims []int64
+		raw  []byte
+		ok   bool
+	}{
+		{[]int64{2}, make([]byte, 8), true},
+		{[]int64{1 << 40}, make([]byte, 8), false},
+		{[]int64{1<<62 + 96}, make([]byte, 384), false},
+	} {
+		val := &onnxpb.TensorProto{DataType: proto.Int32(onnxio.Float), Dims: c.dims, RawData: c.raw}
+		m := &onnxpb.ModelProto{IrVersion: proto.Int64(8), Graph: &onnxpb.GraphProto{Name: proto.String("g"),
+			Node: []*onnxpb.NodeProto{{Name: proto.String("c"), OpType: proto.String("Constant"), Output: []string{"y"},
+				Attribute: []*onnxpb.AttributeProto{{Name: proto.String("value"), Type: onnxpb.AttributeProto_TENSOR.Enum(), T: val}}}}}}
+		p := filepath.Join(dir, strconv.Itoa(i)+".onnx")
+		b, _ := onnxio.Encode(m)
+		os.WriteFile(p, b, 0o644)
+		_, err := onnxio.Load(p)
+		if c.ok != (err == nil) {
+			t.Errorf("dims %v: %v", c.dims, err)
+		}
+		if err != nil && !strings.Contains(err.Error(), `node "c" attribute "value"`) {
+			t.Errorf("dims %v: error %v does not name the node", c.dims, err)
+		}
+	}
+}

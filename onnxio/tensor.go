@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"math"
+	"strings"
 
 	"google.golang.org/protobuf/proto"
 
@@ -146,6 +147,30 @@ func CheckInitializers(g *onnxpb.GraphProto) error {
 	for _, t := range g.GetInitializer() {
 		if err := CheckTensor(t); err != nil {
 			return err
+		}
+	}
+	return nil
+}
+
+// checkNodeTensors runs CheckTensor on the tensors in g's node attributes (Constant
+// values, ConstantOfShape fills): their dims are as much a size read from the file as an
+// initializer's, and executors allocate from them.
+func checkNodeTensors(g *onnxpb.GraphProto) error {
+	for _, n := range g.GetNode() {
+		for _, a := range n.GetAttribute() {
+			ts := a.GetTensors()
+			if a.T != nil {
+				ts = append([]*onnxpb.TensorProto{a.T}, ts...)
+			}
+			for _, t := range ts {
+				if err := CheckTensor(t); err != nil {
+					name := n.GetName()
+					if name == "" && len(n.GetOutput()) > 0 {
+						name = n.GetOutput()[0]
+					}
+					return fmt.Errorf("node %q attribute %q: %s", name, a.GetName(), strings.Replace(err.Error(), "initializer ", "tensor ", 1))
+				}
+			}
 		}
 	}
 	return nil
