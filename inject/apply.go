@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"slices"
 
+	"github.com/sptctl/sptctl/engine"
 	"github.com/sptctl/sptctl/internal/meta"
 	"github.com/sptctl/sptctl/onnxio"
 	"github.com/sptctl/sptctl/onnxio/onnxpb"
@@ -63,6 +64,11 @@ const Prefix = "spt/"
 // this model, sizes, indices, options) run before the model is changed: on such an
 // error m is untouched.
 func Apply(m *onnxpb.ModelProto, p *Plan, opt ApplyOptions) error {
+	// A model the trainer cannot run would only fail at train time: refuse it here,
+	// before anything is written, as inspect and allocate do.
+	if err := engine.CheckOps(m.GetGraph()); err != nil {
+		return err
+	}
 	in, err := check(m, p, opt)
 	if err != nil {
 		return err
