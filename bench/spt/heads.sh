@@ -57,27 +57,9 @@ fi
 echo "$sum" >"$CACHE/model.sha256"
 start=$(date +%s)
 
-# ---------- the tasks: carved exactly as bench/spt/run.sh carves them ----------
-carve() {
-	local t=$1 dir=$CACHE/tasks/$1
-	[ -f "$dir/test.txt" ] && return 0
-	echo "== carving task $t"
-	rm -rf "$dir" "$dir.tmp"
-	case $t in
-	fmnist-new) "$SPTCTL" data fewshot --from "$FMNIST" --classes 5-9 --train 800 --val 200 --test "$TEST_N" --seed 0 --out "$dir.tmp" ;;
-	rotation) "$SPTCTL" data fewshot --from "$FMNIST" --classes 5-9 --task rotation --train 800 --val 200 --test "$TEST_N" --seed 0 --out "$dir.tmp" ;;
-	digits) /usr/bin/python3 bench/spt/make_digits.py "$dir.tmp" --seed 0 ;;
-	inverted)
-		"$SPTCTL" data fewshot --from "$FMNIST" --classes 5-9 --train 800 --val 200 --test "$TEST_N" --seed 1 --out "$CACHE/tasks/.inverted-src" &&
-			/usr/bin/python3 bench/spt/invert.py "$CACHE/tasks/.inverted-src" "$dir.tmp" &&
-			rm -rf "$CACHE/tasks/.inverted-src"
-		;;
-	*) die "unknown task $t" ;;
-	esac
-	[ -f "$dir.tmp/test.txt" ] || die "carving $t failed"
-	mv "$dir.tmp" "$dir"
-}
-for t in $TASKS; do carve "$t"; done
+# ---------- the tasks: carved by bench/spt/run.sh itself (CARVE_ONLY=1), so they are its tasks ----------
+CARVE_ONLY=1 TASKS="$TASKS" MODEL="$MODEL" FMNIST="$FMNIST" CACHE="$CACHE" TEST_N="$TEST_N" SPTCTL="$SPTCTL" \
+	bench/spt/run.sh >&2 || die "carving the tasks failed"
 
 WORKERS=${WORKERS:-$(nproc)}
 classes() { awk '{print $2}' "$CACHE/tasks/$1/train800val200.txt" | sort -un | wc -l; }
