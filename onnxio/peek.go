@@ -124,22 +124,7 @@ func PeekMetadata(path string) (map[string]string, error) {
 		if fl.num != 14 || fl.typ != protowire.BytesType {
 			return nil
 		}
-		if fl.stop-fl.start > 1<<26 {
-			return fmt.Errorf("metadata entry of %d bytes", fl.stop-fl.start)
-		}
-		b := make([]byte, fl.stop-fl.start)
-		if _, err := f.ReadAt(b, fl.start); err != nil {
-			return err
-		}
-		var key, val string
-		err := wireFields(b, func(num protowire.Number, wt protowire.Type, _ uint64, v []byte) error {
-			if wt == protowire.BytesType && num == 1 {
-				key = string(v)
-			} else if wt == protowire.BytesType && num == 2 {
-				val = string(v)
-			}
-			return nil
-		})
+		key, val, err := readEntry(f, fl, 1<<26, "metadata entry")
 		out[key] = val
 		return err
 	})
@@ -227,6 +212,27 @@ func (p *pbReader) stringField(off, end int64, num protowire.Number) (string, er
 		return nil
 	})
 	return s, err
+}
+
+// readEntry reads the StringStringEntryProto (key = 1, value = 2) at fl, refusing one
+// larger than limit bytes before reading it.
+func readEntry(r io.ReaderAt, fl wireField, limit int64, what string) (key, val string, err error) {
+	if fl.stop-fl.start > limit {
+		return "", "", fmt.Errorf("%s of %d bytes", what, fl.stop-fl.start)
+	}
+	b := make([]byte, fl.stop-fl.start)
+	if _, err := r.ReadAt(b, fl.start); err != nil {
+		return "", "", err
+	}
+	err = wireFields(b, func(num protowire.Number, wt protowire.Type, _ uint64, v []byte) error {
+		if wt == protowire.BytesType && num == 1 {
+			key = string(v)
+		} else if wt == protowire.BytesType && num == 2 {
+			val = string(v)
+		}
+		return nil
+	})
+	return key, val, err
 }
 
 // wireFields splits an in-memory message into its fields (bytes values only, plus
@@ -367,22 +373,7 @@ func PeekExternalData(path string) ([]string, error) {
 	err = p.each(0, st.Size(), in(7, func(g wireField) error {
 		return p.each(g.start, g.stop, in(5, func(t wireField) error {
 			return p.each(t.start, t.stop, in(13, func(e wireField) error {
-				if e.stop-e.start > 1<<16 {
-					return fmt.Errorf("external_data entry of %d bytes", e.stop-e.start)
-				}
-				b := make([]byte, e.stop-e.start)
-				if _, err := f.ReadAt(b, e.start); err != nil {
-					return err
-				}
-				var key, val string
-				err := wireFields(b, func(num protowire.Number, wt protowire.Type, _ uint64, v []byte) error {
-					if wt == protowire.BytesType && num == 1 {
-						key = string(v)
-					} else if wt == protowire.BytesType && num == 2 {
-						val = string(v)
-					}
-					return nil
-				})
+				key, val, err := readEntry(f, e, 1<<16, "external_data entry")
 				if err == nil && key == "location" && !seen[val] {
 					seen[val] = true
 					locs = append(locs, val)
