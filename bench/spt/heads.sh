@@ -37,12 +37,20 @@ TASKS=${TASKS:-"fmnist-new rotation digits inverted"}
 ACC_TASKS=${ACC_TASKS:-$TASKS}
 ACC_SEEDS=${ACC_SEEDS:-$SEEDS}
 HEADS=${HEADS:-"random probe random4 zero-mean"}
-LOCK=${LOCK:-$CACHE/heads/.lock}
+LOCK=${LOCK:-$CACHE/.heads.lock}
 SENS_HEADS="random probe random4 zero-mean"
 TEST_N=${TEST_N:-1000}
+# PRECISION: fp32 (runs/ and heads/, run.sh's fp32 runs) or bf16 (runs-bf16/ and heads-bf16/,
+# run.sh's PRECISION=bf16 runs); scoring and training both use it
+PRECISION=${PRECISION:-fp32}
+case $PRECISION in
+fp32) RUNS=$CACHE/runs HEADSDIR=$CACHE/heads ;;
+bf16) RUNS=$CACHE/runs-bf16 HEADSDIR=$CACHE/heads-bf16 ;;
+*) echo "heads.sh: PRECISION must be fp32 or bf16, not $PRECISION" >&2; exit 1 ;;
+esac
 
 die() { echo "heads.sh: $*" >&2; exit 1; }
-mkdir -p "$CACHE/tasks" "$CACHE/runs" "$CACHE/heads"
+mkdir -p "$CACHE/tasks" "$RUNS" "$HEADSDIR"
 if [ -z "${SPTCTL:-}" ]; then
 	[ -x bin/sptctl ] || make build || die "make build failed"
 	cp bin/sptctl "$CACHE/sptctl-heads.tmp" && mv "$CACHE/sptctl-heads.tmp" "$CACHE/sptctl-heads" || die "cannot copy bin/sptctl"
@@ -65,7 +73,7 @@ WORKERS=${WORKERS:-$(nproc)}
 classes() { awk '{print $2}' "$CACHE/tasks/$1/train800val200.txt" | sort -un | wc -l; }
 declare -A QV
 for t in $ACC_TASKS; do
-	f=$(mktemp "$CACHE/runs/.plan.XXXXXX")
+	f=$(mktemp "$RUNS/.plan.XXXXXX")
 	QV[$t]=$("$SPTCTL" allocate --model "$MODEL" --classes "$(classes "$t")" --out "$f" --json --strategy lora-qv --type lora --rank $RANK 2>/dev/null | jq -r .trainable)
 	rm -f "$f"
 	[[ ${QV[$t]} =~ ^[0-9]+$ ]] || die "allocate --strategy lora-qv failed for $t"
@@ -78,15 +86,15 @@ headflags() {
 	esac
 }
 
-queue=$CACHE/heads/.queue
-: >"$CACHE/heads/.failed"
+queue=$HEADSDIR/.queue
+: >"$HEADSDIR/.failed"
 # job ARGS: queue a job unless its result is there (then a phase with nothing to do
 # does not wait for LOCK)
 job() {
 	if [ "$1" = sens ]; then
-		[ -f "$CACHE/heads/$2/$3/seed$4-head$5.json" ] && return 0
+		[ -f "$HEADSDIR/$2/$3/seed$4-head$5.json" ] && return 0
 	else
-		[ -f "$CACHE/runs/$1/$2/seed$4/report.json" ] && return 0
+		[ -f "$RUNS/$1/$2/seed$4/report.json" ] && return 0
 	fi
 	echo "$*" >>"$queue"
 }
@@ -125,7 +133,7 @@ phase_acc() {
 tune() {
 	local cpu=$1 task=$2 name=$3 method=$4 seed=$5 head=$6 rank=$7 budget=$8
 	shift 8
-	local out=$CACHE/runs/$task/$name/seed$seed
+	local out=$RUNS/$task/$name/seed$seed
 	[ -f "$out/report.json" ] && return 0
 	mkdir -p "$out"
 	printf '{"task":"%s","method":"%s","group":"%s","seed":%d,"rank":%d,"budget":%d,"lr":%s}\n' \
@@ -134,7 +142,7 @@ tune() {
 	if taskset -c "$cpu" "$SPTCTL" tune --model "$MODEL" --data "$CACHE/tasks/$task" --out "$out" --json \
 		--train-split trainval --val-split "" --test-split test \
 		--epochs "$EPOCHS" --batch-size "$BATCH" --lr "$LR" --weight-decay "$WD" --warmup "$WARMUP" \
-		--dropout "$DROPOUT" --seed "$seed" "$@" >"$out/stdout.json" 2>"$out/log.txt" && [ -f "$out/report.json" ]; then
+		--dropout "$DROPOUT" --seed "$seed" --precision "$PRECISION" "$@" >"$out/stdout.json" 2>"$out/log.txt" && [ -f "$out/report.json" ]; then
 		printf '%s  %-10s %-24s seed %d  top-1 %5s  before %5s  trainable %7s  %4ds  (cpu %d)\n' "$(date +%H:%M:%S)" "$task" "$name" "$seed" \
 			"$(jq -r '.top1_after*1000|round/10' "$out/report.json")" "$(jq -r '.top1_before*1000|round/10' "$out/report.json")" \
 			"$(jq -r .trainable "$out/report.json")" $((SECONDS - t0)) "$cpu"
@@ -142,7 +150,7 @@ tune() {
 		echo "FAILED: $task $name seed $seed (see $out/log.txt):" >&2
 		tail -5 "$out/log.txt" >&2
 		rm -f "$out/report.json"
-		echo "$task/$name/seed$seed" >>"$CACHE/heads/.failed"
+		echo "$task/$name/seed$seed" >>"$HEADSDIR/.failed"
 	fi
 	rm -rf "$out"/*.onnx "$out"/*.ckpt "$out/sidecar" "$out/scores.safetensors"
 }
@@ -150,18 +158,18 @@ tune() {
 # sens CPU TASK HEAD SEED HEADSEED: a score file (and, for seed 0, the plot)
 sens() {
 	local cpu=$1 t=$2 h=$3 s=$4 hs=$5
-	local base=$CACHE/heads/$t/$h/seed$s-head$hs plot=()
+	local base=$HEADSDIR/$t/$h/seed$s-head$hs plot=()
 	[ -f "$base.json" ] && return 0
-	mkdir -p "$CACHE/heads/$t/$h"
+	mkdir -p "$HEADSDIR/$t/$h"
 	[ "$s$hs" = 00 ] && plot=(--plot "$FIGURES/sens-head-$t-$h.png")
 	# shellcheck disable=SC2046
 	if taskset -c "$cpu" "$SPTCTL" sensitivity --model "$MODEL" --data "$CACHE/tasks/$t" --split trainval --batches 16 --batch-size 32 \
-		--seed "$s" --head-seed "$hs" $(headflags "$h") --out "$base.safetensors" "${plot[@]}" --json >"$base.json.tmp" 2>"$base.log"; then
+		--seed "$s" --head-seed "$hs" --precision "$PRECISION" $(headflags "$h") --out "$base.safetensors" "${plot[@]}" --json >"$base.json.tmp" 2>"$base.log"; then
 		mv "$base.json.tmp" "$base.json"
 		echo "$(date +%H:%M:%S)  sensitivity $t $h seed $s head seed $hs: $(tail -1 "$base.log")"
 	else
 		echo "FAILED: sensitivity $t $h $s $hs (see $base.log)" >&2
-		echo "heads/$t/$h/seed$s-head$hs" >>"$CACHE/heads/.failed"
+		echo "heads/$t/$h/seed$s-head$hs" >>"$HEADSDIR/.failed"
 	fi
 }
 
@@ -195,7 +203,7 @@ run_phase phase_sens
 for t in $ACC_TASKS; do # task by task: a task's seeds complete before the next task starts
 	for seed in $ACC_SEEDS; do run_phase phase_acc "$t" "$seed"; done
 done
-mapfile -t failed <"$CACHE/heads/.failed"
+mapfile -t failed <"$HEADSDIR/.failed"
 
 # the command that reproduces this run: the knobs that differ from the defaults, then the script
 command=bench/spt/heads.sh
@@ -204,6 +212,7 @@ command=bench/spt/heads.sh
 [ "$ACC_SEEDS" = "$SEEDS" ] || command="ACC_SEEDS=\"$ACC_SEEDS\" $command"
 [ "$TASKS" = "fmnist-new rotation digits inverted" ] || command="TASKS=\"$TASKS\" $command"
 [ "$SEEDS" = "0 1 2" ] || command="SEEDS=\"$SEEDS\" $command"
+[ "$PRECISION" = fp32 ] || command="PRECISION=$PRECISION $command"
 cpu=$(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -1)
 jq -n --arg model "$MODEL" --argjson epochs "$EPOCHS" --argjson batch "$BATCH" --argjson lr "$LR" --argjson wd "$WD" \
 	--argjson warmup "$WARMUP" --argjson dropout "$DROPOUT" --argjson rank $RANK \
@@ -214,10 +223,10 @@ jq -n --arg model "$MODEL" --argjson epochs "$EPOCHS" --argjson batch "$BATCH" -
 	--argjson heads "$(printf '%s\n' $HEADS | jq -R . | jq -s -c .)" \
 	--arg machine "$(nproc) CPU cores ($cpu), shared with other work; $WORKERS runs at a time, each pinned to one core" \
 	--arg date "$(date -u '+%Y-%m-%d %H:%M UTC')" \
-	--arg cmd "$command" \
+	--arg cmd "$command" --arg precision "$PRECISION" \
 	'{command:$cmd, model:$model, epochs:$epochs, batch_size:$batch, lr:$lr, weight_decay:$wd, warmup:$warmup,
-	  dropout:$dropout, rank:$rank, seeds:$seeds, tasks:$tasks, acc_tasks:$acc_tasks, acc_seeds:$acc_seeds, heads:$heads, machine:$machine, date:$date}' >"$CACHE/heads/settings.json"
-go run ./bench/spt/heads -cache "$CACHE" -settings "$CACHE/heads/settings.json" -out "$RESULTS" -figures "$FIGURES" ||
+	  dropout:$dropout, rank:$rank, seeds:$seeds, tasks:$tasks, acc_tasks:$acc_tasks, acc_seeds:$acc_seeds, heads:$heads, precision:$precision, machine:$machine, date:$date}' >"$HEADSDIR/settings.json"
+go run ./bench/spt/heads -cache "$CACHE" -runs "$RUNS" -heads "$HEADSDIR" -settings "$HEADSDIR/settings.json" -out "$RESULTS" -figures "$FIGURES" ||
 	die "writing $RESULTS failed"
 echo "done in $(($(date +%s) - start))s; see $RESULTS"
 if [ ${#failed[@]} -gt 0 ]; then

@@ -12,12 +12,14 @@
 # rerun, so an interrupted benchmark resumes), sens/ (sensitivity summaries, sptctl's and
 # PyTorch's cross-check).
 # Knobs (environment): EPOCHS, BATCH, LR, LR_FULL, WARMUP, WD, DROPOUT, SEEDS,
-# SWEEP_TASKS, SWEEP_RANKS, SWEEP_SEEDS, TASKS, JOBS, NOTE, MODEL, SPTCTL, CARVE_ONLY. RESULTS.md states the
-# values used; change them and the cache's runs no longer match: remove bench/cache/spt/runs.
+# SWEEP_TASKS, SWEEP_RANKS, SWEEP_SEEDS, TASKS, JOBS, NOTE, MODEL, SPTCTL, CARVE_ONLY,
+# PRECISION (fp32, the default: runs/; bf16: runs-bf16/, `tune --precision bf16`; RESULTS.md
+# shows the fp32 suite and, where runs-bf16/ holds runs, the bf16 suite beside it). RESULTS.md
+# states the values used; change them and the cache's runs no longer match: remove the runs folder.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 # the knobs given, for the command RESULTS.md states
-given=$(for v in TASKS SWEEP_TASKS JOBS SEEDS EPOCHS RESULTS FIGURES; do [ -n "${!v+x}" ] && printf '%s=%q ' "$v" "${!v}"; done)
+given=$(for v in PRECISION TASKS SWEEP_TASKS JOBS SEEDS EPOCHS RESULTS FIGURES; do [ -n "${!v+x}" ] && printf '%s=%q ' "$v" "${!v}"; done)
 
 MODEL=${MODEL:-models/vit-fmnist.onnx}
 FMNIST=${FMNIST:-/usr/share/datasets/fashion-mnist}
@@ -38,9 +40,15 @@ SWEEP_TASKS=${SWEEP_TASKS-"digits fmnist-new"} # set and empty: no sweep
 SWEEP_RANKS=${SWEEP_RANKS:-"1 2 4 8 16"}
 SWEEP_SEEDS=${SWEEP_SEEDS:-$SEEDS}
 TEST_N=${TEST_N:-1000}
+PRECISION=${PRECISION:-fp32}
+case $PRECISION in
+fp32) RUNS=$CACHE/runs ;;
+bf16) RUNS=$CACHE/runs-bf16 ;;
+*) echo "run.sh: PRECISION must be fp32 or bf16, not $PRECISION" >&2; exit 1 ;;
+esac
 
 die() { echo "run.sh: $*" >&2; exit 1; }
-mkdir -p "$CACHE/tasks" "$CACHE/runs" "$CACHE/sens"
+mkdir -p "$CACHE/tasks" "$RUNS" "$CACHE/sens"
 # a private copy of the binary: a `make clean` elsewhere must not pull it from under the runs
 if [ -z "${SPTCTL:-}" ]; then
 	[ -x bin/sptctl ] || make build || die "make build failed"
@@ -52,7 +60,7 @@ export SPTCTL_ORT_LIB=${SPTCTL_ORT_LIB:-$PWD/third_party/onnxruntime/libonnxrunt
 # the cached runs belong to one backbone: refuse to mix them with another one's
 sum=$(sha256sum "$MODEL" | cut -d' ' -f1)
 if [ -f "$CACHE/model.sha256" ] && [ "$(cat "$CACHE/model.sha256")" != "$sum" ]; then
-	die "$MODEL changed since the cached runs were made: remove $CACHE/runs $CACHE/sens $CACHE/model.sha256 and rerun"
+	die "$MODEL changed since the cached runs were made: remove $CACHE/runs $CACHE/runs-bf16 $CACHE/sens $CACHE/model.sha256 and rerun"
 fi
 echo "$sum" >"$CACHE/model.sha256"
 start=$(date +%s)
@@ -99,7 +107,7 @@ classes() { awk '{print $2}' "$CACHE/tasks/$1/train800val200.txt" | sort -un | w
 plan_count() {
 	local t=$1 f
 	shift
-	f=$(mktemp "$CACHE/runs/.plan.XXXXXX")
+	f=$(mktemp "$RUNS/.plan.XXXXXX")
 	"$SPTCTL" allocate --model "$MODEL" --classes "$(classes "$t")" --out "$f" --json "$@" 2>/dev/null | jq -r .trainable
 	rm -f "$f"
 }
@@ -118,19 +126,20 @@ for t in $TASKS; do
 	echo "$t: LoRA-qv rank $RANK trains ${QV[$t]} parameters; uniform Adapter rank ${ADRANK[$t]} is the closest"
 done
 
-queue=$CACHE/runs/.queue
+queue=$RUNS/.queue
 : >"$queue"
-: >"$CACHE/runs/.failed"
+: >"$RUNS/.failed"
 # JOBS, if set, is a regular expression: only the jobs whose line ("TASK NAME METHOD
 # SEED GROUP …", or "sens TASK") matches it are queued (a partial rerun).
 job() { [[ "$*" =~ ${JOBS:-.} ]] && echo "$*" >>"$queue"; return 0; }
-for t in $TASKS; do job sens "$t"; done
+# the sensitivity summaries (figures, PyTorch cross-check) are fp32 scores: made by the fp32 suite
+[ "$PRECISION" = fp32 ] && for t in $TASKS; do job sens "$t"; done
 for seed in $SEEDS; do
 	for t in $TASKS; do
 		job "$t" lora-qv lora-qv "$seed" main $RANK 0 --strategy lora-qv --type lora --rank $RANK
-		job "$t" spt-lora spt-lora "$seed" main $RANK "${QV[$t]}" --strategy spt --type lora --rank $RANK --budget "${QV[$t]}"
-		job "$t" spt-adapter spt-adapter "$seed" main $RANK "${QV[$t]}" --strategy spt --type adapter --rank $RANK --budget "${QV[$t]}"
-		job "$t" spt-dora spt-dora "$seed" main $RANK "${QV[$t]}" --strategy spt --type dora --rank $RANK --budget "${QV[$t]}"
+		job "$t" spt-lora spt-lora "$seed" main $RANK "${QV[$t]}" --strategy spt --type lora --rank $RANK --budget "${QV[$t]}" --head random
+		job "$t" spt-adapter spt-adapter "$seed" main $RANK "${QV[$t]}" --strategy spt --type adapter --rank $RANK --budget "${QV[$t]}" --head random
+		job "$t" spt-dora spt-dora "$seed" main $RANK "${QV[$t]}" --strategy spt --type dora --rank $RANK --budget "${QV[$t]}" --head random
 		job "$t" dora-qv dora-qv "$seed" main $RANK 0 --strategy qv --type dora --rank $RANK
 		job "$t" adapter adapter "$seed" main "${ADRANK[$t]}" 0 --strategy uniform --type adapter --rank "${ADRANK[$t]}"
 		job "$t" linear linear "$seed" main 0 0 --strategy linear
@@ -144,7 +153,7 @@ for seed in $SEEDS; do
 				[ "$r" = $RANK ] && continue # the main table's runs are this point
 				B=$(plan_count "$st" --strategy lora-qv --type lora --rank "$r")
 				job "$st" lora-qv-r$r lora-qv "$seed" sweep "$r" 0 --strategy lora-qv --type lora --rank "$r"
-				job "$st" spt-lora-r$r spt-lora "$seed" sweep "$r" "$B" --strategy spt --type lora --rank $RANK --budget "$B"
+				job "$st" spt-lora-r$r spt-lora "$seed" sweep "$r" "$B" --strategy spt --type lora --rank $RANK --budget "$B" --head random
 			done
 		done
 	fi
@@ -155,7 +164,7 @@ done
 tune() {
 	local cpu=$1 task=$2 name=$3 method=$4 seed=$5 group=$6 rank=$7 budget=$8
 	shift 8
-	local out=$CACHE/runs/$task/$name/seed$seed lr=$LR
+	local out=$RUNS/$task/$name/seed$seed lr=$LR
 	[ "$method" = full ] && lr=$LR_FULL
 	[ -f "$out/report.json" ] && return 0
 	mkdir -p "$out"
@@ -165,14 +174,14 @@ tune() {
 	if taskset -c "$cpu" "$SPTCTL" tune --model "$MODEL" --data "$CACHE/tasks/$task" --out "$out" --json \
 		--train-split trainval --val-split "" --test-split test \
 		--epochs "$EPOCHS" --batch-size "$BATCH" --lr "$lr" --weight-decay "$WD" --warmup "$WARMUP" \
-		--dropout "$DROPOUT" --seed "$seed" "$@" >"$out/stdout.json" 2>"$out/log.txt" && [ -f "$out/report.json" ]; then
+		--dropout "$DROPOUT" --seed "$seed" --precision "$PRECISION" "$@" >"$out/stdout.json" 2>"$out/log.txt" && [ -f "$out/report.json" ]; then
 		printf '%s  %-10s %-14s seed %d  top-1 %5s  trainable %7s  %4ds  (cpu %d)\n' "$(date +%H:%M:%S)" "$task" "$name" "$seed" \
 			"$(jq -r '.top1_after*1000|round/10' "$out/report.json")" "$(jq -r .trainable "$out/report.json")" $((SECONDS - t0)) "$cpu"
 	else
 		echo "FAILED: $task $name seed $seed (see $out/log.txt):" >&2
 		tail -5 "$out/log.txt" >&2
 		rm -f "$out/report.json"
-		echo "$task/$name/seed$seed" >>"$CACHE/runs/.failed"
+		echo "$task/$name/seed$seed" >>"$RUNS/.failed"
 	fi
 	# keep the reports and the plan; the models are a few MB each and rebuilt by a rerun
 	rm -rf "$out"/*.onnx "$out"/*.ckpt "$out/sidecar" "$out/scores.safetensors"
@@ -182,13 +191,13 @@ tune() {
 sens() {
 	local cpu=$1 t=$2 s=$CACHE/sens/$2
 	[ -f "$s.json" ] && return 0
-	if taskset -c "$cpu" "$SPTCTL" sensitivity --model "$MODEL" --data "$CACHE/tasks/$t" --split trainval --batches 16 --batch-size 32 \
+	if taskset -c "$cpu" "$SPTCTL" sensitivity --model "$MODEL" --data "$CACHE/tasks/$t" --split trainval --batches 16 --batch-size 32 --precision fp32 \
 		--head-seed 0 --seed 0 --out "$s.safetensors" --json >"$s.json.tmp" 2>"$s.log"; then
 		mv "$s.json.tmp" "$s.json"
 		echo "$(date +%H:%M:%S)  sensitivity $t done"
 	else
 		echo "FAILED: sensitivity $t (see $s.log)" >&2
-		echo "sens/$t" >>"$CACHE/runs/.failed"
+		echo "sens/$t" >>"$RUNS/.failed"
 	fi
 	rm -f "$s.safetensors"
 }
@@ -211,9 +220,9 @@ rm -f "$queue" "$queue.lock"
 
 # ---------- 4. reproducibility: the first main run once more, from scratch ----------
 # (kept once made: a later rerun of this script skips it like any finished run)
-if [[ " $TASKS " == *" fmnist-new "* ]]; then
+if [[ " $TASKS " == *" fmnist-new "* ]] && [ "$PRECISION" = fp32 ]; then
 	job fmnist-new lora-qv-repro lora-qv 0 repro $RANK 0 --strategy lora-qv --type lora --rank $RANK
-	job fmnist-new spt-lora-repro spt-lora 0 repro $RANK "${QV[fmnist-new]}" --strategy spt --type lora --rank $RANK --budget "${QV[fmnist-new]}"
+	job fmnist-new spt-lora-repro spt-lora 0 repro $RANK "${QV[fmnist-new]}" --strategy spt --type lora --rank $RANK --budget "${QV[fmnist-new]}" --head random
 	for ((w = 0; w < WORKERS; w++)); do worker $((w % ncpu)) & done
 	wait
 	rm -f "$queue" "$queue.lock"
@@ -222,7 +231,7 @@ fi
 # ---------- 5. PyTorch cross-check of the sensitivity summaries ----------
 for t in $TASKS; do
 	s=$CACHE/sens/$t.torch.json
-	[ -f "$s" ] && continue
+	[ -f "$s" ] || [ "$PRECISION" != fp32 ] && continue
 	if /usr/bin/python3 bench/spt/torch_sensitivity.py "$MODEL" "$CACHE/tasks/$t" >"$s.tmp" 2>"$CACHE/sens/$t.torch.log"; then
 		mv "$s.tmp" "$s"
 	else
@@ -230,7 +239,7 @@ for t in $TASKS; do
 	fi
 done
 
-mapfile -t failed <"$CACHE/runs/.failed"
+mapfile -t failed <"$RUNS/.failed"
 
 # ---------- 6. RESULTS.md and the figures ----------
 seeds_json=$(printf '%s\n' $SEEDS | jq -s -c 'map(tonumber)')
@@ -251,7 +260,7 @@ jq -n --arg cmd "${given}bench/spt/run.sh" --arg note "${NOTE:-}" --arg model "$
 	  dropout:$dropout, train_split:"train800val200", seeds:$seeds, rank:$rank, adapter_rank:$adrank, sweep_tasks:$sweeps,
 	  sweep_ranks:$ranks, tasks:$tasks, task_desc:$desc, machine:$machine, date:$date, upstream:$up, note:$note}' >"$CACHE/settings.json"
 
-go run ./bench/spt -runs "$CACHE/runs" -sens "$CACHE/sens" -settings "$CACHE/settings.json" \
+go run ./bench/spt -runs "$CACHE/runs" -runs-bf16 "$CACHE/runs-bf16" -sens "$CACHE/sens" -settings "$CACHE/settings.json" \
 	-out "$RESULTS" -figures "$FIGURES" || die "writing RESULTS.md failed"
 
 echo "benchmark done in $(($(date +%s) - start))s; see $RESULTS"

@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"log"
+	"path/filepath"
 
 	"github.com/sptctl/sptctl/sensitivity"
 )
@@ -15,6 +16,8 @@ import (
 func main() {
 	pair := flag.Bool("overlap", false, "print the top-1% and top-5% overlap of the two score files given as arguments")
 	cache := flag.String("cache", "bench/cache/spt", "the benchmark cache (tasks/, runs/, heads/)")
+	runs := flag.String("runs", "", "folder of the tune runs (default: CACHE/runs)")
+	heads := flag.String("heads", "", "folder of the score files (default: CACHE/heads)")
 	settings := flag.String("settings", "", "settings.json written by heads.sh")
 	out := flag.String("out", "bench/RESULTS-sensitivity.md", "results file to write")
 	figures := flag.String("figures", "bench/figures", "folder of the figures")
@@ -42,7 +45,13 @@ func main() {
 		}
 		return
 	}
-	if err := report(*cache, *settings, *out, *figures); err != nil {
+	if *runs == "" {
+		*runs = filepath.Join(*cache, "runs")
+	}
+	if *heads == "" {
+		*heads = filepath.Join(*cache, "heads")
+	}
+	if err := report(*runs, *heads, *settings, *out, *figures); err != nil {
 		log.Fatal(err)
 	}
 }

@@ -70,7 +70,7 @@ func stat(xs []float64) (mean, std float64) {
 	return mean, std
 }
 
-func report(cache, settingsPath, out, figures string) error {
+func report(runsDir, headsDir, settingsPath, out, figures string) error {
 	var st settings
 	b, err := os.ReadFile(settingsPath)
 	if err != nil {
@@ -105,7 +105,7 @@ func report(cache, settingsPath, out, figures string) error {
 					if variant == "head" {
 						f = fmt.Sprintf("seed%d-head%d.safetensors", st.Seeds[0], s)
 					}
-					files = append(files, filepath.Join(cache, "heads", t, h, f))
+					files = append(files, filepath.Join(headsDir, t, h, f))
 				}
 				var flats [][]float32
 				for _, f := range files {
@@ -179,7 +179,7 @@ func report(cache, settingsPath, out, figures string) error {
 
 	// ---- accuracy ----
 	read := func(task, name string, seed int) (*tuneReport, error) {
-		b, err := os.ReadFile(filepath.Join(cache, "runs", task, name, fmt.Sprintf("seed%d", seed), "report.json"))
+		b, err := os.ReadFile(filepath.Join(runsDir, task, name, fmt.Sprintf("seed%d", seed), "report.json"))
 		if err != nil {
 			return nil, err
 		}
@@ -310,7 +310,7 @@ func report(cache, settingsPath, out, figures string) error {
 	p("| task | head | by block | by layer type | head top-1 | plot |\n|---|---|---|---|---:|---|\n")
 	for _, t := range st.Tasks {
 		for _, h := range sensHeads {
-			b, err := os.ReadFile(filepath.Join(cache, "heads", t, h, fmt.Sprintf("seed%d-head%d.json", st.Seeds[0], st.Seeds[0])))
+			b, err := os.ReadFile(filepath.Join(headsDir, t, h, fmt.Sprintf("seed%d-head%d.json", st.Seeds[0], st.Seeds[0])))
 			if err != nil {
 				continue
 			}
