@@ -31,8 +31,11 @@ type settings struct {
 	Acc     []string `json:"acc_tasks"`
 	AccSeed []int    `json:"acc_seeds"`
 	Heads   []string `json:"heads"`
-	Machine string   `json:"machine"`
-	Date    string   `json:"date"`
+	// Precision is heads.sh's PRECISION (fp32 | bf16): the --precision of both the
+	// sensitivity scoring and the tune runs; empty in settings from before the knob.
+	Precision string `json:"precision"`
+	Machine   string `json:"machine"`
+	Date      string `json:"date"`
 }
 
 // sensHeads are the heads whose stability heads.sh measures, in table order.
@@ -84,6 +87,7 @@ func report(runsDir, headsDir, settingsPath, out, figures string) error {
 	p("# Which head should sensitivity score through?\n\n")
 	p("Written by `%s` (do not edit by hand; rerun it). Reproduce with:\n\n```\n%s\n```\n\n", st.Command, st.Command)
 	p("Machine: %s. Finished %s.\n\n", st.Machine, st.Date)
+	p("%s\n\n", precisionLine(st.Precision))
 	p("SPT scores a weight by Σ grad² of the task loss through a **new head** for the task. The paper's head is fresh and untrained; ")
 	p("with logits near zero, the gradient that reaches the features is W^T(1/C − onehot(y)): one random direction per class, which the head seed picks. ")
 	p("This file measures how much the scores, and SPT's accuracy, depend on that head, for four heads:\n\n")
@@ -346,4 +350,19 @@ func report(runsDir, headsDir, settingsPath, out, figures string) error {
 	}
 	p("\n")
 	return onnxio.WriteFileAtomic(out, func(f io.Writer) error { _, err := f.Write(w.Bytes()); return err })
+}
+
+// precisionLine states the precision of the scoring and of the training.
+func precisionLine(p string) string {
+	switch p {
+	case "":
+		return "Precision: not recorded (a settings.json from before heads.sh's PRECISION knob, whose runs used sptctl's default " +
+			"`--precision auto`: bf16 where the CPU has avx512_bf16 or amx_bf16, fp32 elsewhere)."
+	case "fp32":
+		return "Precision: **fp32** for the sensitivity scoring (`sptctl sensitivity --precision fp32`) and for the tune runs' " +
+			"scoring and training (`sptctl tune --precision fp32`)."
+	}
+	return fmt.Sprintf("Precision: **%s mixed precision** for the sensitivity scoring (`sptctl sensitivity --precision %s`) and for the "+
+		"tune runs' scoring and training (`sptctl tune --precision %s`): matrix products and convolutions in %s, weights, gradients "+
+		"and optimizer state in fp32. The test top-1 is, as always, the exported model's in ONNX Runtime (fp32).", p, p, p, p)
 }
