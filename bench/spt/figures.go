@@ -267,10 +267,13 @@ func (b budgetTicks) Ticks(lo, hi float64) []plot.Tick {
 }
 
 // plotMain draws test top-1 per task (groups) and method (bars), mean ± std.
-func plotMain(path string, tasks []string, runs []run) error {
+func plotMain(path string, tasks []string, runs []run, precision string) error {
 	p := plot.New()
 	styled(p)
 	p.Title.Text = "test top-1 per task (mean ± std over seeds)"
+	if precision != "fp32" {
+		p.Title.Text = "test top-1 per task (mean ± std over seeds), " + precision + " suite"
+	}
 	p.Y.Label.Text = "test top-1 (%)"
 	w := vg.Points(16)
 	lo := 100.0

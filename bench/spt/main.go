@@ -85,7 +85,7 @@ func main() {
 		check(plotSweeps(filepath.Join(*figs, "spt-budget-sweep.png"), set, sweep))
 		figures = append(figures, "spt-budget-sweep.png")
 	}
-	check(plotMain(filepath.Join(*figs, "spt-accuracy.png"), set.Tasks, runs))
+	check(plotMain(filepath.Join(*figs, "spt-accuracy.png"), set.Tasks, runs, ss.primary().Precision))
 	figures = append(figures, "spt-accuracy.png")
 
 	for _, t := range set.Tasks {

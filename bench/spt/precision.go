@@ -72,6 +72,11 @@ type suiteTime struct {
 	// `sptctl tune`, as the per-task tables' "seconds / run"); Train the same of the
 	// training stage alone (report.json's train.seconds).
 	Sum, Train float64
+	// Wall is Σ of the runs' file-time durations (meta.json → report.json), which
+	// also hold what the stages do not time (process start, loading the model and
+	// data); WallRuns the runs whose file times are usable (see timeOf).
+	Wall     float64
+	WallRuns int
 	// Workers is the most runs at once, from the runs' file times (meta.json written
 	// as a run starts, report.json as it ends), or from settings.json's machine line
 	// (WorkersFrom says which); 0: unknown.
@@ -99,12 +104,16 @@ func timeOf(runs []run, machine string) suiteTime {
 		s := r.seconds()
 		t.Sum += s
 		t.Train += r.Train.Seconds
-		// file times count only where they agree with the run's own seconds (a copy
-		// of the cache without -p, say, resets them)
+		// file times count only where they agree with the run's own seconds: the
+		// process holds the stages, so it cannot be shorter, and its start-up and
+		// loading take seconds, not as long again (a copy of the cache without -p,
+		// say, resets the times)
 		wall := r.end.Sub(r.start).Seconds()
-		if r.start.IsZero() || r.end.IsZero() || math.Abs(wall-s) > max(60, 0.2*s) {
+		if r.start.IsZero() || r.end.IsZero() || wall < 0.95*s || wall > 2*s+120 {
 			continue
 		}
+		t.Wall += wall
+		t.WallRuns++
 		evs = append(evs, event{r.start, +1}, event{r.end, -1})
 		if first.IsZero() || r.start.Before(first) {
 			first = r.start
@@ -113,7 +122,7 @@ func timeOf(runs []run, machine string) suiteTime {
 			last = r.end
 		}
 	}
-	if len(evs) >= len(runs) && len(runs) > 0 { // at least half the runs have usable file times
+	if len(runs) > 0 && 2*t.WallRuns >= len(runs) { // at least half the runs have usable file times
 		slices.SortFunc(evs, func(a, b event) int {
 			if c := a.at.Compare(b.at); c != 0 {
 				return c
@@ -255,11 +264,13 @@ func renderPrecisionTime(b *page, set settings, ss suites, both bool) {
 	p("Σ seconds: the sum over the suite's finished runs (every group) of each run's seconds, which are the stage times " +
 		"`sptctl tune` writes into report.json (`stages`: sensitivity, allocation, training, exports, evaluations; the per-task " +
 		"tables' \"seconds / run\" is their mean); the training stage alone is report.json's `train.seconds`. " +
-		"Wall-time estimate: Σ seconds ÷ the number of workers (runs at a time). Workers and the first-start → last-end span " +
-		"come from the runs' file times (run.sh writes meta.json as a run starts, tune writes report.json as it ends); a suite " +
-		"that was interrupted and resumed has the pause in its span. The machine is shared with other work, so these times are noisy.\n\n")
-	p("| precision | runs | Σ seconds | Σ training stage | workers | Σ ÷ workers (wall estimate) | first start → last end |\n")
-	p("|---|---:|---:|---:|---:|---:|---:|\n")
+		"Wall-time estimate: Σ seconds ÷ the number of workers (runs at a time). The per-run wall, the workers and the first-start → " +
+		"last-end span come from the runs' file times (run.sh writes meta.json as a run starts, tune writes report.json as it ends): " +
+		"the per-run wall also holds what the stages do not time (the process's start, loading the model and the data), so it is " +
+		"the larger; a suite that was interrupted and resumed has the pause in its span. The machine is shared with other work, " +
+		"so these times are noisy.\n\n")
+	p("| precision | runs | Σ seconds | Σ training stage | Σ per-run wall (file times) | workers | Σ seconds ÷ workers (wall estimate) | first start → last end |\n")
+	p("|---|---:|---:|---:|---:|---:|---:|---:|\n")
 	list := []suite{ss.bf16}
 	if both {
 		list = []suite{ss.fp32, ss.bf16}
@@ -267,7 +278,12 @@ func renderPrecisionTime(b *page, set settings, ss suites, both bool) {
 	var from []string
 	for _, s := range list {
 		t := timeOf(s.Runs, set.Machine)
-		w, est, span := "?", "—", "—"
+		w, est, span, wall := "?", "—", "—", "—"
+		if t.WallRuns == t.Runs {
+			wall = hours(t.Wall)
+		} else if t.WallRuns > 0 {
+			wall = fmt.Sprintf("%s (%d of the runs)", hours(t.Wall), t.WallRuns)
+		}
 		if t.Workers > 0 {
 			w, est = fmt.Sprint(t.Workers), hours(t.Sum/float64(t.Workers))
 			if !slices.Contains(from, t.WorkersFrom) {
@@ -277,7 +293,7 @@ func renderPrecisionTime(b *page, set settings, ss suites, both bool) {
 		if t.Span > 0 {
 			span = hours(t.Span)
 		}
-		p("| %s | %d | %s (%s s) | %s | %s | %s | %s |\n", s.Precision, t.Runs, hours(t.Sum), commas(int64(math.Round(t.Sum))), hours(t.Train), w, est, span)
+		p("| %s | %d | %s (%s s) | %s | %s | %s | %s | %s |\n", s.Precision, t.Runs, hours(t.Sum), commas(int64(math.Round(t.Sum))), hours(t.Train), wall, w, est, span)
 	}
 	p("\n")
 	if len(from) > 0 {

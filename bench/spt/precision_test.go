@@ -78,15 +78,15 @@ func TestOverallAndTime(t *testing.T) {
 		t.Fatalf("overall without b/seed1 = %+v, want 85 over 1 seed", o)
 	}
 	tm := timeOf(runs, "")
-	if tm.Runs != 4 || tm.Sum != 400 || tm.Workers != 2 || tm.Span != 210 {
-		t.Fatalf("timeOf = %+v, want 4 runs, 400 s, 2 workers, span 210 s", tm)
+	if tm.Runs != 4 || tm.Sum != 400 || tm.Wall != 400 || tm.WallRuns != 4 || tm.Workers != 2 || tm.Span != 210 {
+		t.Fatalf("timeOf = %+v, want 4 runs, 400 s, 400 s wall, 2 workers, span 210 s", tm)
 	}
 	// file times that disagree with the runs' seconds (a copied cache): settings' count
 	for i := range runs {
 		runs[i].end = runs[i].start
 	}
 	tm = timeOf(runs, "2 CPU cores (x), shared with other work; 3 runs at a time, each pinned")
-	if tm.Workers != 3 || tm.Span != 0 || !strings.Contains(tm.WorkersFrom, "settings") {
+	if tm.Workers != 3 || tm.Span != 0 || tm.WallRuns != 0 || !strings.Contains(tm.WorkersFrom, "settings") {
 		t.Fatalf("timeOf with bad file times = %+v, want 3 workers from settings, no span", tm)
 	}
 }
