@@ -346,12 +346,7 @@ func renderPrecisionChecks(b *page, ss suites) {
 	} else {
 		p("- **Runs whose report.json states another training precision than their suite's**: %s.\n", strings.Join(wrong, ", "))
 	}
-	worst, worstRun := 0.0, ""
-	for _, r := range ss.bf16.Runs {
-		if d := math.Abs(r.After - r.Merged); d > worst {
-			worst, worstRun = d, r.dir
-		}
-	}
+	worst, worstRun := worstMerged(ss.bf16.Runs)
 	p("- bf16 suite: %d runs; largest |trained − merged (ONNX Runtime)| test top-1 difference %.2f points", len(ss.bf16.Runs), 100*worst)
 	if worstRun != "" {
 		p(" (`%s`)", worstRun)

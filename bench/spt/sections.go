@@ -134,15 +134,7 @@ func renderChecks(b *page, runs []run) {
 	p := b.p
 	// ---- checks
 	p("## Checks\n\n")
-	worst, worstRun := 0.0, ""
-	for _, r := range runs {
-		if r.Type == "adapter" && strings.HasPrefix(r.Method, "spt") || r.Method == "adapter" {
-			// adapters stay nodes: merged must still agree
-		}
-		if d := math.Abs(r.After - r.Merged); d > worst {
-			worst, worstRun = d, r.dir
-		}
-	}
+	worst, worstRun := worstMerged(runs)
 	p("- %d runs. Largest |trained − merged (ONNX Runtime)| test top-1 difference: %.2f points", len(runs), 100*worst)
 	if worstRun != "" {
 		p(" (`%s`)", worstRun)
@@ -212,4 +204,15 @@ func allocation(r run) string {
 		s += " (" + strings.Join(groups, "; ") + ")"
 	}
 	return fmt.Sprintf("%s, %s sparse entries, %d whole vectors", s, commas(r.Plan.Sparse), len(r.Plan.Vectors))
+}
+
+// worstMerged is the largest |trained − merged| test top-1 of the runs, and its run's folder.
+func worstMerged(runs []run) (float64, string) {
+	worst, worstRun := 0.0, ""
+	for _, r := range runs {
+		if d := math.Abs(r.After - r.Merged); d > worst {
+			worst, worstRun = d, r.dir
+		}
+	}
+	return worst, worstRun
 }
