@@ -174,7 +174,7 @@ func strategyList() string {
 // fc1, fc2; a fused q/k/v projection is three matrices) and block vector by its score
 // (descending; ties by unit order, then flat index), then finds the sensitive-set size
 // τ whose allocation is closest to opt.Budget: a matrix with at least cost/α sensitive
-// entries gets a structured module (LoRA or Adapter), otherwise its sensitive entries
+// entries gets a structured module (LoRA, Adapter or DoRA), otherwise its sensitive entries
 // are trained as a sparse delta; a vector with at least dim/β sensitive entries is
 // trained whole, otherwise its sensitive entries sparsely; the head ((in+1)·classes)
 // and class token count too. The structured set of that τ is then kept and what is left

@@ -18,7 +18,7 @@ func allocateCommand() *cli.Command {
 		Name:  "allocate",
 		Usage: "spend a trainable-parameter budget where the weights are most sensitive",
 		Description: "allocate ranks every block weight by sensitivity and finds the sensitive-set size\n" +
-			"whose allocation is closest to --budget: LoRA or Adapter modules on matrices with\n" +
+			"whose allocation is closest to --budget: LoRA, Adapter or DoRA modules on matrices with\n" +
 			"many sensitive entries (at least cost/alpha), sparse deltas on the others, whole\n" +
 			"vectors where at least dim/beta entries are sensitive; the new head and the class\n" +
 			"token are counted. --strategy picks a baseline instead (no scores needed).",
@@ -27,10 +27,10 @@ func allocateCommand() *cli.Command {
 			&cli.StringFlag{Name: "scores", Usage: "sensitivity scores from `sptctl sensitivity` (needed by --strategy spt)"},
 			&cli.StringFlag{Name: "budget", Usage: "trainable parameters: a count (400000, 0.4M, 400k) or a share of the backbone (0.5%); spt only, baselines have fixed sizes", Value: "0.4M"},
 			&cli.StringFlag{Name: "type", Usage: "structured module: " + moduleTypes(), Value: "lora"},
-			&cli.IntFlag{Name: "rank", Usage: "rank of the LoRA / Adapter modules", Value: 8},
+			&cli.IntFlag{Name: "rank", Usage: "rank of the structured modules (" + moduleTypes() + ")", Value: 8},
 			&cli.Float64Flag{Name: "alpha", Usage: "a matrix gets a module if its sensitive entries ≥ module cost / alpha", Value: 10},
 			&cli.Float64Flag{Name: "beta", Usage: "a vector is tuned whole if its sensitive entries ≥ size / beta", Value: 5},
-			&cli.StringFlag{Name: "strategy", Usage: "spt | lora-qv | qv | uniform | bitfit | linear | full", Value: "spt"},
+			&cli.StringFlag{Name: "strategy", Usage: strings.Join(strategies(), " | "), Value: "spt"},
 			&cli.IntFlag{Name: "classes", Usage: "task classes (default: from the scores, else the model's head)"},
 			&cli.BoolFlag{Name: "keep-head", Usage: "count the model's own head (for `inject --keep-head`) instead of a new one"},
 			&cli.StringFlag{Name: "out", Usage: "plan file to write", Value: "plan.json"},

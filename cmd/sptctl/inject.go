@@ -26,8 +26,8 @@ func injectCommand() *cli.Command {
 			&cli.StringFlag{Name: "plan", Usage: "plan from `sptctl allocate`", Required: true},
 			&cli.IntFlag{Name: "classes", Usage: "task classes (must match the plan; default: the plan's)"},
 			&cli.BoolFlag{Name: "keep-head", Usage: "keep the model's own head instead of a new one"},
-			&cli.Float64Flag{Name: "dropout", Usage: "dropout ratio on the input of LoRA / Adapter branches (training only)", Value: 0.1},
-			&cli.Int64Flag{Name: "seed", Usage: "seed of the LoRA A / Adapter down initialisation"},
+			&cli.Float64Flag{Name: "dropout", Usage: "dropout ratio on the input of LoRA and Adapter branches (training only; DoRA has none)", Value: 0.1},
+			&cli.Int64Flag{Name: "seed", Usage: "seed of the structured modules' initialisation (LoRA and DoRA A, Adapter down)"},
 			&cli.StringFlag{Name: "out", Usage: "injected model to write", Value: "tunable.onnx"},
 		},
 		Action: func(c *cli.Context) error {

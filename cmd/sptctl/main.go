@@ -21,7 +21,7 @@ func newApp() *cli.App {
 		Name:  "sptctl",
 		Usage: "sensitivity-aware parameter-efficient tuning of ONNX vision transformers",
 		Description: "sptctl scores which weights of a pretrained ViT matter for a new task, puts a\n" +
-			"trainable-parameter budget there (LoRA or Adapter modules, sparse deltas), trains\n" +
+			"trainable-parameter budget there (LoRA, Adapter or DoRA modules, sparse deltas), trains\n" +
 			"them with libtorch and exports ONNX models that ONNX Runtime serves.\n\n" +
 			"Progress goes to stderr; results to stdout (--json for scripts). Flags may come\n" +
 			"before or after arguments; after \"--\" everything is an argument. Exit codes,\n" +
