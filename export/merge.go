@@ -42,16 +42,9 @@ func CheckBase(p *inject.Plan, base *onnxpb.ModelProto) error {
 		return err
 	}
 	if fp != p.BaseFingerprint {
-		return fmt.Errorf("the base model is not the one the model was injected from (its fingerprint is %s, the plan's %s)", short(fp), short(p.BaseFingerprint))
+		return fmt.Errorf("the base model is not the one the model was injected from (its fingerprint is %s, the plan's %s)", onnxio.ShortFingerprint(fp), onnxio.ShortFingerprint(p.BaseFingerprint))
 	}
 	return nil
-}
-
-func short(fp string) string {
-	if len(fp) > 23 {
-		return fp[:23] + "…"
-	}
-	return fp
 }
 
 // MergeReport says what Merge folded and what it kept.

@@ -386,7 +386,7 @@ func checkExistingBase(dir string, l *baseLayout) (bool, error) {
 		}
 		if info.Fingerprint != l.fingerprint {
 			return false, fmt.Errorf("sidecar: %s belongs to another base model (fingerprint %s; this model's base is %s); export into another folder",
-				path, short(info.Fingerprint), short(l.fingerprint))
+				path, onnxio.ShortFingerprint(info.Fingerprint), onnxio.ShortFingerprint(l.fingerprint))
 		}
 	}
 	if !fi.Mode().IsRegular() || fi.Size() != l.size {

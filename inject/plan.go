@@ -105,13 +105,13 @@ type LayerPlan struct {
 	Out    int    `json:"out"`
 	Fused  bool   `json:"fused,omitempty"`
 	Offset int    `json:"offset,omitempty"` // first output unit within a fused Weight
-	Mode   string `json:"mode"`             // lora, adapter, sparse, full
-	Rank   int    `json:"rank,omitempty"`   // lora, adapter
+	Mode   string `json:"mode"`             // lora, adapter, dora, sparse, full
+	Rank   int    `json:"rank,omitempty"`   // lora, adapter, dora
 	Params int64  `json:"params"`
 	// Sensitive is the number of the layer's entries among the top Tau (spt only).
 	Sensitive int64 `json:"sensitive,omitempty"`
 	// Indices are the sparse entries: flat indices into Weight as stored, ascending.
-	// With mode sparse they are the layer's trainable entries; with lora or adapter
+	// With mode sparse they are the layer's trainable entries; with a structured mode
 	// they are extra sparse entries trained beside the module (spt only, when the budget
 	// exceeds every structured module and whole vector together), and Params counts both.
 	Indices []int64 `json:"indices,omitempty"`
@@ -157,7 +157,7 @@ type TensorPlan struct {
 
 // Totals count the plan's trainable parameters by kind.
 type Totals struct {
-	Structured    int64 `json:"structured"`      // LoRA / Adapter modules
+	Structured    int64 `json:"structured"`      // LoRA / Adapter / DoRA modules
 	SparseEntries int64 `json:"sparse_entries"`  // sparse entries of matrices and vectors
 	Vectors       int64 `json:"vectors"`         // whole vectors
 	Dense         int64 `json:"dense,omitempty"` // whole matrices and embeddings ("full")
@@ -170,7 +170,7 @@ type Totals struct {
 type Summary struct {
 	Budget        int64    `json:"budget"`
 	Trainable     int64    `json:"trainable"`
-	Structured    []string `json:"structured"` // layers with a LoRA / Adapter module
+	Structured    []string `json:"structured"` // layers with a structured module
 	SparseEntries int64    `json:"sparse_entries"`
 	Vectors       []string `json:"vectors"` // vectors trained whole
 }
@@ -196,16 +196,9 @@ func (p *Plan) Summary() Summary {
 // onnxio.Fingerprint.
 func (p *Plan) Check(fingerprint string) error {
 	if p.BaseFingerprint != fingerprint {
-		return fmt.Errorf("plan was made for another model (plan: %s, this model: %s); run allocate on this model", short(p.BaseFingerprint), short(fingerprint))
+		return fmt.Errorf("plan was made for another model (plan: %s, this model: %s); run allocate on this model", onnxio.ShortFingerprint(p.BaseFingerprint), onnxio.ShortFingerprint(fingerprint))
 	}
 	return nil
-}
-
-func short(fp string) string {
-	if len(fp) > 23 {
-		return fp[:23] + "…"
-	}
-	return fp
 }
 
 // Recount recomputes the totals and the summary from the plan's entries, after they
