@@ -102,7 +102,7 @@ func adapterTasks(c *cli.Context) ([]adapterTask, error) {
 // DIR/adapters.json, after ONNX Runtime showed on random inputs that the ready model
 // with each task's adapter (through ONNX Runtime's adapter API) reproduces the task
 // model, and with none the base model, to 1e-5 (relative).
-func runAdapterExport(c *cli.Context) error {
+func runAdapterExport(c *cli.Context, cs computeSettings) error {
 	dir := c.String("adapters")
 	if dir == "" {
 		return usagef("export: --adapters needs a DIR")
@@ -157,7 +157,7 @@ func runAdapterExport(c *cli.Context) error {
 	fmt.Fprintf(log, "wrote %s: %d adapter inputs, head of %d classes\n", readyPath, len(info.Inputs), info.Classes)
 	man := &adapterManifest{Model: ReadyFile, Base: basePath, BaseFingerprint: info.BaseFingerprint, Classes: info.Classes, BaseClasses: info.BaseClasses, Inputs: len(info.Inputs)}
 
-	s, err := ort.Open(readyPath)
+	s, err := ort.Open(readyPath, cs.ort())
 	if err != nil {
 		return err
 	}
@@ -166,7 +166,7 @@ func runAdapterExport(c *cli.Context) error {
 	if err != nil {
 		return fmt.Errorf("%s: %w", readyPath, err)
 	}
-	if man.BaseRel, err = adapterParity(basePath, s, nil, xs, info.BaseClasses); err != nil {
+	if man.BaseRel, err = adapterParity(basePath, s, nil, xs, info.BaseClasses, cs); err != nil {
 		return fmt.Errorf("parity check: the adapter-ready model with no adapter vs the base model: %w", err)
 	}
 	fmt.Fprintf(log, "parity: %s with no adapter vs the base model: relative %.3g\n", ReadyFile, man.BaseRel)
@@ -196,7 +196,7 @@ func runAdapterExport(c *cli.Context) error {
 		if err != nil {
 			return err
 		}
-		t.Rel, err = adapterParity(t.Model, s, a, xs, t.Classes)
+		t.Rel, err = adapterParity(t.Model, s, a, xs, t.Classes, cs)
 		a.Close()
 		if err != nil {
 			os.Remove(p)
@@ -250,8 +250,8 @@ func randomInputs(s *ort.Session, n int) ([]map[string]ort.Tensor, error) {
 // adapterParity runs the ready session (with adapter a, or none) and the model at
 // oracle on xs and returns the relative difference of their first outputs (the
 // ready model's logits cut to classes); it fails above 1e-5.
-func adapterParity(oracle string, s *ort.Session, a *ort.LoraAdapter, xs []map[string]ort.Tensor, classes int) (float64, error) {
-	o, err := ort.Open(oracle)
+func adapterParity(oracle string, s *ort.Session, a *ort.LoraAdapter, xs []map[string]ort.Tensor, classes int, cs computeSettings) (float64, error) {
+	o, err := ort.Open(oracle, cs.ort())
 	if err != nil {
 		return 0, err
 	}

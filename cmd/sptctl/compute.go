@@ -4,20 +4,35 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"runtime"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/sptctl/sptctl/engine"
 	"github.com/sptctl/sptctl/engine/torch"
+	"github.com/sptctl/sptctl/export/ort"
 )
 
-// The executor's settings on the commands that compute with it: --threads (train,
-// sensitivity, tune, export's libtorch parity check) and --precision (train,
-// sensitivity, tune).
+// The settings of the commands that compute: --threads on every one that runs libtorch
+// or ONNX Runtime (train, sensitivity, tune, export, eval, run) and --precision on those
+// that train (train, sensitivity, tune).
 
-func threadsFlag() cli.Flag {
-	return &cli.IntFlag{Name: "threads", Usage: "CPU threads libtorch computes with (0: one per core)"}
+// maxThreads bounds --threads (a typo such as 80000 would start that many threads).
+const maxThreads = 1024
+
+// threadsFlag is --threads; what says which runtime(s) the command computes with. Its
+// default is the number of cores this process may run on (runtime.NumCPU follows the
+// CPU affinity mask, so `taskset -c 0` gives 1).
+func threadsFlag(what string) cli.Flag {
+	return &cli.IntFlag{Name: "threads", Value: runtime.NumCPU(),
+		Usage: "CPU threads for " + what + "; the default is the number of cores this process may run on"}
 }
+
+const (
+	libtorchThreads = "libtorch"
+	ortThreads      = "ONNX Runtime (intra-op; inter-op is 1)"
+	bothThreads     = "libtorch and ONNX Runtime (intra-op; inter-op is 1)"
+)
 
 func precisionFlag() cli.Flag {
 	return &cli.StringFlag{Name: "precision", Value: "auto",
@@ -26,7 +41,7 @@ func precisionFlag() cli.Flag {
 
 // computeSettings are the resolved --threads and --precision.
 type computeSettings struct {
-	Threads   int // 0: one per core
+	Threads   int // at least 1
 	Precision engine.PrecisionChoice
 }
 
@@ -38,8 +53,8 @@ func computeFrom(c *cli.Context, log io.Writer, withPrecision bool) (computeSett
 
 func resolveCompute(threads int, precision string, log io.Writer, withPrecision bool) (computeSettings, error) {
 	s := computeSettings{Threads: threads, Precision: engine.PrecisionChoice{Precision: engine.FP32}}
-	if threads < 0 {
-		return s, usagef("--threads %d: want 0 (one per core) or a positive count", threads)
+	if threads < 1 || threads > maxThreads {
+		return s, usagef("--threads %d: want 1 to %d (default %d, the cores this process may run on)", threads, maxThreads, runtime.NumCPU())
 	}
 	if !withPrecision {
 		return s, nil
@@ -55,6 +70,14 @@ func resolveCompute(threads int, precision string, log io.Writer, withPrecision 
 	fmt.Fprintf(log, "precision: %s\n", pc.Note)
 	return s, nil
 }
+
+// threadsFrom reads and checks --threads alone (the commands without --precision).
+func threadsFrom(c *cli.Context) (computeSettings, error) {
+	return computeFrom(c, io.Discard, false)
+}
+
+// ort is the ONNX Runtime session option for the settings' thread count.
+func (s computeSettings) ort() ort.Option { return ort.Threads(s.Threads) }
 
 // worker starts the executor with the settings' thread count.
 func (s computeSettings) worker() *torch.Worker { return torch.NewWorkerThreads(s.Threads) }

@@ -3,6 +3,7 @@ package main
 import (
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -10,6 +11,7 @@ import (
 	"github.com/sptctl/sptctl/engine"
 	"github.com/sptctl/sptctl/internal/fixture"
 	"github.com/sptctl/sptctl/internal/meta"
+	"github.com/sptctl/sptctl/internal/npy"
 	"github.com/sptctl/sptctl/onnxio"
 )
 
@@ -72,5 +74,61 @@ func TestPrecisionAndThreadsFlags(t *testing.T) {
 	}
 	if got, _ := onnxio.Metadata(m, meta.KeyPrecision); got != want.Precision.String() {
 		t.Errorf("trained model's %s = %q, want %q", meta.KeyPrecision, got, want.Precision)
+	}
+}
+
+// --threads on the ONNX Runtime commands (eval, run, export): below one, above the
+// bound or not a number is a usage error naming the flag (exit 2, nothing written);
+// the default is the cores this process may run on; `run --threads 1` writes the same
+// output as the default and as PyTorch.
+func TestThreadsOnORTCommands(t *testing.T) {
+	dir := t.TempDir()
+	model, in := "../../testdata/tv_op17_dynamic.onnx", "../../testdata/tv_op17_dynamic.input.npy"
+	task := fewShot(t, dir, "0-4", 5)
+	out := filepath.Join(dir, "y.npy")
+	cmds := map[string][]string{
+		"run":    {"run", "--model", model, "--input", in, "--output", out},
+		"eval":   {"eval", "--model", model, "--data", task},
+		"export": {"export", "--model", model, "--merge", "--out", filepath.Join(dir, "merged.onnx")},
+	}
+	for name, args := range cmds {
+		for _, bad := range []string{"0", "-2", "100000", "two"} {
+			code, _, stderr := sptctl(t, append(args, "--threads", bad)...)
+			if code != 2 || !strings.Contains(stderr, "threads") || strings.Count(strings.TrimSpace(stderr), "\n") != 0 {
+				t.Errorf("%s --threads %s: exit %d, %q; want exit 2 and one line naming --threads", name, bad, code, stderr)
+			}
+		}
+		if _, help, _ := sptctl(t, name, "--help"); !strings.Contains(help, "--threads") {
+			t.Errorf("%s --help does not list --threads: %s", name, help)
+		}
+	}
+	if _, err := os.Stat(out); err == nil {
+		t.Fatal("a refused run wrote its output")
+	}
+
+	want, err := npy.Read("../../testdata/tv_op17_dynamic.output.npy")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got [][]float32
+	for _, threads := range [][]string{nil, {"--threads", "1"}} {
+		if code, _, stderr := sptctl(t, append(cmds["run"], threads...)...); code != 0 {
+			t.Fatalf("run %v: exit %d: %s", threads, code, stderr)
+		}
+		y, err := npy.Read(out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d := fixture.RelDiff(y.Float32, want.Float32); d > 1e-5 {
+			t.Errorf("run %v: differs from PyTorch by %.3g", threads, d)
+		}
+		got = append(got, y.Float32)
+	}
+	if d := fixture.RelDiff(got[1], got[0]); d > 1e-6 {
+		t.Errorf("run --threads 1 differs from the default (%d threads) by %.3g", runtime.NumCPU(), d)
+	}
+	code, stdout, stderr := sptctl(t, append(cmds["eval"], "--threads", "1", "--json")...)
+	if code != 0 || !strings.Contains(stdout, `"top1"`) {
+		t.Errorf("eval --threads 1: exit %d, %s %s", code, stdout, stderr)
 	}
 }

@@ -35,6 +35,7 @@ func evalCommand() *cli.Command {
 			&cli.IntFlag{Name: "batch-size", Usage: "images per run (a model with a fixed batch size uses its own)", Value: 64},
 			&cli.BoolFlag{Name: "json", Usage: "print machine-readable JSON"},
 			adapterFlag(),
+			threadsFlag(ortThreads),
 		},
 		Action: runEval,
 	}
@@ -49,9 +50,10 @@ type evalResult struct {
 	Model   string  `json:"model"`
 }
 
-// openSession opens the model at modelPath with ONNX Runtime, with the --adapter of c
-// if one is given: run runs the model (through the adapter), done closes both.
-func openSession(c *cli.Context, modelPath string) (s *ort.Session, run func(map[string]ort.Tensor) (map[string]ort.Tensor, error), done func(), err error) {
+// openSession opens the model at modelPath with ONNX Runtime (the threads of cs), with
+// the --adapter of c if one is given: run runs the model (through the adapter), done
+// closes both.
+func openSession(c *cli.Context, modelPath string, cs computeSettings) (s *ort.Session, run func(map[string]ort.Tensor) (map[string]ort.Tensor, error), done func(), err error) {
 	md, err := onnxio.PeekMetadata(modelPath)
 	if err != nil {
 		return nil, nil, nil, err
@@ -59,7 +61,7 @@ func openSession(c *cli.Context, modelPath string) (s *ort.Session, run func(map
 	if err := export.CheckSidecar(modelPath, md); err != nil {
 		return nil, nil, nil, err
 	}
-	s, err = ort.Open(modelPath)
+	s, err = ort.Open(modelPath, cs.ort())
 	if err != nil {
 		return nil, nil, nil, err
 	}
@@ -73,10 +75,14 @@ func openSession(c *cli.Context, modelPath string) (s *ort.Session, run func(map
 
 func runEval(c *cli.Context) error {
 	modelPath, dir := c.String("model"), c.String("data")
+	cs, err := threadsFrom(c)
+	if err != nil {
+		return err
+	}
 	if err := checkEval(c); err != nil {
 		return err
 	}
-	s, runFn, done, err := openSession(c, modelPath)
+	s, runFn, done, err := openSession(c, modelPath, cs)
 	if err != nil {
 		return err
 	}
@@ -104,9 +110,9 @@ func runEval(c *cli.Context) error {
 	return nil
 }
 
-// evalFile is the eval stage on a model file without an adapter.
-func evalFile(ctx context.Context, log io.Writer, modelPath string, ds *data.Dataset, split *data.Split, dir string) (*evalResult, error) {
-	s, err := ort.Open(modelPath)
+// evalFile is the eval stage on a model file without an adapter, with the threads of cs.
+func evalFile(ctx context.Context, log io.Writer, modelPath string, ds *data.Dataset, split *data.Split, dir string, cs computeSettings) (*evalResult, error) {
+	s, err := ort.Open(modelPath, cs.ort())
 	if err != nil {
 		return nil, err
 	}
@@ -213,13 +219,18 @@ func runCommand() *cli.Command {
 			&cli.StringFlag{Name: "input", Usage: "input array `x.npy`", Required: true},
 			&cli.StringFlag{Name: "output", Usage: "output array `y.npy` to write", Required: true},
 			adapterFlag(),
+			threadsFlag(ortThreads),
 		},
 		Action: func(c *cli.Context) error {
+			cs, err := threadsFrom(c)
+			if err != nil {
+				return err
+			}
 			if err := checkRun(c); err != nil {
 				return err
 			}
 			modelPath, inPath, outPath := c.String("model"), c.String("input"), c.String("output")
-			s, runFn, done, err := openSession(c, modelPath)
+			s, runFn, done, err := openSession(c, modelPath, cs)
 			if err != nil {
 				return err
 			}

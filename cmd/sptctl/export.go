@@ -24,8 +24,9 @@ import (
 // between two runs of the same function.
 const parityLimit = 1e-5
 
-// ParityRunner runs a model on one input batch and returns its (first) output.
-type ParityRunner func(modelPath string, x ort.Tensor) (ort.Tensor, error)
+// ParityRunner runs a model on one input batch with the given CPU threads and returns
+// its (first) output.
+type ParityRunner func(modelPath string, x ort.Tensor, threads int) (ort.Tensor, error)
 
 // parityChecker is another executor that must agree with ONNX Runtime on the trained
 // model before export writes anything.
@@ -74,6 +75,7 @@ func exportCommand() *cli.Command {
 			&cli.StringFlag{Name: "split", Usage: "split of --data to take the parity samples from", Value: "test"},
 			&cli.IntFlag{Name: "samples", Usage: "inputs the parity check runs", Value: 4},
 			&cli.BoolFlag{Name: "json", Usage: "print machine-readable JSON"},
+			threadsFlag("the parity and quantization checks: " + bothThreads),
 		}, append(quantizeFlags(), adapterFlags()...)...),
 		Action: runExport,
 	}
@@ -103,8 +105,12 @@ func runExport(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	cs, err := threadsFrom(c)
+	if err != nil {
+		return err
+	}
 	if c.String("adapters") != "" {
-		return runAdapterExport(c)
+		return runAdapterExport(c, cs)
 	}
 	modelPath := c.String("model")
 	merge, dir, task, out := c.Bool("merge"), c.String("sidecar"), c.String("task"), c.String("out")
@@ -153,7 +159,7 @@ func runExport(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	pc, err := checkTrained(c.App.ErrWriter, modelPath, xs)
+	pc, err := checkTrained(c.App.ErrWriter, modelPath, xs, cs)
 	if err != nil {
 		return err
 	}
@@ -196,22 +202,23 @@ func runExport(c *cli.Context) error {
 type parity struct {
 	log      io.Writer
 	model    string // the trained model's file
+	cs       computeSettings
 	xs, refs []ort.Tensor
 	results  []parityResult
 }
 
 // checkTrained runs ONNX Runtime and every registered checker on the trained model at
 // modelPath: they must agree before anything is exported.
-func checkTrained(log io.Writer, modelPath string, xs []ort.Tensor) (*parity, error) {
-	p := &parity{log: log, model: modelPath, xs: xs, refs: make([]ort.Tensor, len(xs))}
+func checkTrained(log io.Writer, modelPath string, xs []ort.Tensor, cs computeSettings) (*parity, error) {
+	p := &parity{log: log, model: modelPath, cs: cs, xs: xs, refs: make([]ort.Tensor, len(xs))}
 	for i, x := range xs {
 		var err error
-		if p.refs[i], err = ortRun(modelPath, x); err != nil {
+		if p.refs[i], err = ortRun(modelPath, x, cs); err != nil {
 			return nil, fmt.Errorf("parity check: %w", err)
 		}
 	}
 	for _, pc := range parityCheckers {
-		r, err := compareRuns(pc.Name+" on "+modelPath, xs, p.refs, func(x ort.Tensor) (ort.Tensor, error) { return pc.Run(modelPath, x) })
+		r, err := compareRuns(pc.Name+" on "+modelPath, xs, p.refs, func(x ort.Tensor) (ort.Tensor, error) { return pc.Run(modelPath, x, cs.Threads) })
 		if err != nil {
 			return nil, err
 		}
@@ -223,7 +230,7 @@ func checkTrained(log io.Writer, modelPath string, xs []ort.Tensor) (*parity, er
 
 // verify checks an export staged at path against the trained model.
 func (p *parity) verify(staged string) error {
-	r, err := compareRuns("ONNX Runtime on the exported model", p.xs, p.refs, func(x ort.Tensor) (ort.Tensor, error) { return ortRun(staged, x) })
+	r, err := compareRuns("ONNX Runtime on the exported model", p.xs, p.refs, func(x ort.Tensor) (ort.Tensor, error) { return ortRun(staged, x, p.cs) })
 	if err != nil {
 		return err
 	}
@@ -296,7 +303,7 @@ func parityInputs(c *cli.Context, m *onnxpb.ModelProto, modelPath string) ([]ort
 // parityBatches are n parity inputs for the model m at modelPath: images of split of
 // the data folder dir (none: seeded random inputs).
 func parityBatches(log io.Writer, m *onnxpb.ModelProto, modelPath, dir, split string, n int) ([]ort.Tensor, error) {
-	s, err := ort.Open(modelPath)
+	s, err := ort.Open(modelPath, ort.Threads(1)) // only for its input's shape
 	if err != nil {
 		return nil, err
 	}
@@ -367,9 +374,10 @@ func dataBatches(dir, splitName string, p meta.Preprocess, in *imageIn, n int) (
 	return xs, nil
 }
 
-// ortRun runs a model file with ONNX Runtime on x and returns its first output.
-func ortRun(path string, x ort.Tensor) (ort.Tensor, error) {
-	s, err := ort.Open(path)
+// ortRun runs a model file with ONNX Runtime (the settings' threads) on x and returns
+// its first output.
+func ortRun(path string, x ort.Tensor, cs computeSettings) (ort.Tensor, error) {
+	s, err := ort.Open(path, cs.ort())
 	if err != nil {
 		return ort.Tensor{}, err
 	}

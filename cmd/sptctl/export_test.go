@@ -44,7 +44,7 @@ func exTrained(t *testing.T, fx string, typ inject.Type, classes int, seed uint6
 
 func exRun(t *testing.T, model string, x ort.Tensor) []float32 {
 	t.Helper()
-	y, err := ortRun(model, x)
+	y, err := ortRun(model, x, computeSettings{Threads: 2})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -172,8 +172,8 @@ func TestExportRefuses(t *testing.T) {
 	// A parity checker that disagrees stops the export before anything is written.
 	saved := parityCheckers
 	defer func() { parityCheckers = saved }()
-	registerParityChecker("skewed executor", func(p string, x ort.Tensor) (ort.Tensor, error) {
-		y, err := ortRun(p, x)
+	registerParityChecker("skewed executor", func(p string, x ort.Tensor, threads int) (ort.Tensor, error) {
+		y, err := ortRun(p, x, computeSettings{Threads: threads})
 		for i := range y.Data {
 			y.Data[i] *= 1.001
 		}
@@ -192,7 +192,7 @@ func TestExportRefuses(t *testing.T) {
 		}
 	}
 	parityCheckers = saved
-	registerParityChecker("failing executor", func(string, ort.Tensor) (ort.Tensor, error) { return ort.Tensor{}, errors.New("boom") })
+	registerParityChecker("failing executor", func(string, ort.Tensor, int) (ort.Tensor, error) { return ort.Tensor{}, errors.New("boom") })
 	if code, _, stderr := sptctl(t, "export", "--model", trained, "--merge", "--out", out); code != 1 || !strings.Contains(stderr, "boom") || exists(out) {
 		t.Errorf("failing checker: exit %d, %q", code, stderr)
 	}

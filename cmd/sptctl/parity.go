@@ -16,8 +16,9 @@ func init() {
 	registerParityChecker("libtorch executor", runOnLibtorch)
 }
 
-// runOnLibtorch runs a model's first output in eval mode on the training executor.
-func runOnLibtorch(modelPath string, x ort.Tensor) (ort.Tensor, error) {
+// runOnLibtorch runs a model's first output in eval mode on the training executor,
+// with the given libtorch threads.
+func runOnLibtorch(modelPath string, x ort.Tensor, threads int) (ort.Tensor, error) {
 	m, err := onnxio.Load(modelPath)
 	if err != nil {
 		return ort.Tensor{}, err
@@ -30,7 +31,7 @@ func runOnLibtorch(modelPath string, x ort.Tensor) (ort.Tensor, error) {
 		return ort.Tensor{}, fmt.Errorf("libtorch check: input shape %v", x.Shape)
 	}
 	n := int(x.Shape[0])
-	w := torch.NewWorker()
+	w := torch.NewWorkerThreads(threads)
 	defer w.Close()
 	var out ort.Tensor
 	err = w.Do(func() error {

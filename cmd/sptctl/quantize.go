@@ -119,7 +119,7 @@ func matMulNBitsSupported() error {
 	if err != nil {
 		return err
 	}
-	s, err := ort.OpenBytes(b)
+	s, err := ort.OpenBytes(b, ort.Threads(1))
 	if err != nil {
 		return err
 	}
@@ -179,6 +179,7 @@ func exportMergedQuantized(log io.Writer, m, base *onnxpb.ModelProto, out string
 	if err != nil {
 		return nil, nil, err
 	}
+	qa.Compute = p.cs
 	q, err := exportQuantized(log, m, out, opt, p.xs, p.verify, qa)
 	if err != nil {
 		return nil, nil, err
@@ -191,8 +192,9 @@ func exportMergedQuantized(log io.Writer, m, base *onnxpb.ModelProto, out string
 // split of a data folder, or (Data empty) the parity inputs.
 type quantCheckArgs struct {
 	Data, Split string
-	MaxDrop     float64 // top-1 points the quantized model may lose (with Data)
-	Limit       bool    // whether MaxDrop applies
+	MaxDrop     float64         // top-1 points the quantized model may lose (with Data)
+	Limit       bool            // whether MaxDrop applies
+	Compute     computeSettings // ONNX Runtime's threads (set from the parity check's)
 }
 
 // exportQuantized writes the merged model m quantized to out: the fp32 merged model
@@ -220,9 +222,9 @@ func exportQuantized(log io.Writer, m *onnxpb.ModelProto, out string, opt quanti
 	fmt.Fprint(log, rep)
 	check := func(staged string) error {
 		if qa.Data != "" {
-			res.Check, err = compareOnSplit(fp32, staged, qa.Data, qa.Split)
+			res.Check, err = compareOnSplit(fp32, staged, qa.Data, qa.Split, qa.Compute)
 		} else {
-			res.Check, err = compareOnInputs(fp32, staged, xs)
+			res.Check, err = compareOnInputs(fp32, staged, xs, qa.Compute)
 		}
 		if err != nil {
 			return fmt.Errorf("quantization check: %w", err)
@@ -248,16 +250,16 @@ func exportQuantized(log io.Writer, m *onnxpb.ModelProto, out string, opt quanti
 }
 
 // compareOnInputs runs both models on the inputs and compares their logits.
-func compareOnInputs(fp32, quant string, xs []ort.Tensor) (quantCheck, error) {
+func compareOnInputs(fp32, quant string, xs []ort.Tensor, cs computeSettings) (quantCheck, error) {
 	var k quantCheck
 	var maxRef float64
 	differ := 0
 	for _, x := range xs {
-		a, err := ortRun(fp32, x)
+		a, err := ortRun(fp32, x, cs)
 		if err != nil {
 			return k, err
 		}
-		b, err := ortRun(quant, x)
+		b, err := ortRun(quant, x, cs)
 		if err != nil {
 			return k, err
 		}
@@ -301,14 +303,14 @@ func compareLogits(a, b ort.Tensor) (rows, differ int, m [2]float64, err error) 
 
 // compareOnSplit evaluates both models on every image of a split: top-1 of each and
 // how often their predictions differ.
-func compareOnSplit(fp32, quant, dir, splitName string) (quantCheck, error) {
+func compareOnSplit(fp32, quant, dir, splitName string, cs computeSettings) (quantCheck, error) {
 	k := quantCheck{}
-	sa, err := ort.Open(fp32)
+	sa, err := ort.Open(fp32, cs.ort())
 	if err != nil {
 		return k, err
 	}
 	defer sa.Close()
-	sb, err := ort.Open(quant)
+	sb, err := ort.Open(quant, cs.ort())
 	if err != nil {
 		return k, err
 	}

@@ -39,7 +39,7 @@ func sensitivityCommand() *cli.Command {
 			&cli.StringFlag{Name: "plot", Usage: "also draw where the sensitive weights are (PNG)"},
 			&cli.Float64Flag{Name: "top", Usage: "share of entries counted as sensitive in the summary", Value: 0.004},
 			&cli.BoolFlag{Name: "json", Usage: "print the summary as JSON"},
-			threadsFlag(),
+			threadsFlag(libtorchThreads),
 			precisionFlag(),
 		},
 		Action: func(c *cli.Context) error {

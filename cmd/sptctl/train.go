@@ -44,7 +44,7 @@ func trainCommand() *cli.Command {
 			&cli.StringFlag{Name: "checkpoint", Usage: "checkpoint file (default: OUT.ckpt)"},
 			&cli.BoolFlag{Name: "resume", Usage: "continue from the checkpoint"},
 			&cli.BoolFlag{Name: "json", Usage: "print the result as JSON"},
-			threadsFlag(),
+			threadsFlag(libtorchThreads),
 			precisionFlag(),
 		},
 		Action: func(c *cli.Context) error {

@@ -61,7 +61,7 @@ func tuneCommand() *cli.Command {
 			&cli.Int64Flag{Name: "seed"},
 			&cli.BoolFlag{Name: "json", Usage: "print report.json to stdout"},
 			&cli.StringFlag{Name: "quantize", Usage: "also export the merged model quantized (`int8` or int4) and evaluate it"},
-			threadsFlag(),
+			threadsFlag(bothThreads),
 			precisionFlag(),
 		},
 		Action: runTune,
@@ -393,7 +393,7 @@ func (t *tuneRun) export(trained *onnxpb.ModelProto) error {
 	if err != nil {
 		return err
 	}
-	pc, err := checkTrained(t.log, trainedPath, xs)
+	pc, err := checkTrained(t.log, trainedPath, xs, t.a.Compute)
 	if err != nil {
 		return err
 	}
@@ -427,7 +427,7 @@ func (t *tuneRun) eval(name, path string) (top1 float64, n int, err error) {
 	var res *evalResult
 	err = t.stage(name, func() error {
 		var err error
-		res, err = evalFile(context.Background(), t.log, path, t.ds, t.test, t.a.Data)
+		res, err = evalFile(context.Background(), t.log, path, t.ds, t.test, t.a.Data, t.a.Compute)
 		return err
 	})
 	if err != nil {

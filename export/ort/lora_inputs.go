@@ -13,7 +13,11 @@ import (
 // Runtime's overridable initializers, e.g. the adapter inputs of an adapter-ready
 // model), which Open leaves to their defaults. Feeding them as plain inputs is the
 // way any ONNX Runtime binding can switch tasks without the adapter API.
-func OpenWithInputs(modelPath string, extra []IOInfo) (*Session, error) {
+func OpenWithInputs(modelPath string, extra []IOInfo, opts ...Option) (*Session, error) {
+	o, err := collect(opts)
+	if err != nil {
+		return nil, err
+	}
 	if err := Init(); err != nil {
 		return nil, err
 	}
@@ -30,7 +34,7 @@ func OpenWithInputs(modelPath string, extra []IOInfo) (*Session, error) {
 	for _, x := range extra {
 		names = append(names, x.Name)
 	}
-	s, err := open(modelPath, f, st.Size(),
+	s, err := open(modelPath, f, st.Size(), o,
 		func(opts *onnxruntime.SessionOptions) ([]onnxruntime.InputOutputInfo, []onnxruntime.InputOutputInfo, error) {
 			return onnxruntime.GetInputOutputInfoWithOptions(modelPath, opts)
 		},

@@ -172,9 +172,36 @@ type Session struct {
 	outputs []IOInfo
 }
 
+// Option is a setting of Open and OpenBytes.
+type Option func(*options)
+
+type options struct {
+	threads int // intra-op threads; 0: runtime.NumCPU()
+}
+
+// Threads makes the session compute with n intra-op threads (and one inter-op
+// thread: sessions run their nodes in order). Without it a session uses
+// runtime.NumCPU(), the cores the process may run on. n < 1 is refused by Open.
+func Threads(n int) Option { return func(o *options) { o.threads = n } }
+
+func collect(opts []Option) (options, error) {
+	o := options{threads: runtime.NumCPU()}
+	for _, f := range opts {
+		f(&o)
+	}
+	if o.threads < 1 {
+		return o, fmt.Errorf("ort: %d intra-op threads: want at least 1", o.threads)
+	}
+	return o, nil
+}
+
 // Open loads the model at modelPath; external data files are found relative to the
 // model's folder.
-func Open(modelPath string) (*Session, error) {
+func Open(modelPath string, opts ...Option) (*Session, error) {
+	o, err := collect(opts)
+	if err != nil {
+		return nil, err
+	}
 	if err := Init(); err != nil {
 		return nil, err
 	}
@@ -190,7 +217,7 @@ func Open(modelPath string) (*Session, error) {
 	if st.IsDir() {
 		return nil, fmt.Errorf("ort: %s is a folder, not an ONNX model", modelPath)
 	}
-	return open(modelPath, f, st.Size(),
+	return open(modelPath, f, st.Size(), o,
 		func(opts *onnxruntime.SessionOptions) ([]onnxruntime.InputOutputInfo, []onnxruntime.InputOutputInfo, error) {
 			return onnxruntime.GetInputOutputInfoWithOptions(modelPath, opts)
 		},
@@ -201,7 +228,11 @@ func Open(modelPath string) (*Session, error) {
 
 // OpenBytes loads a model from its serialized bytes (the model must not use
 // external data).
-func OpenBytes(model []byte) (*Session, error) {
+func OpenBytes(model []byte, opts ...Option) (*Session, error) {
+	o, err := collect(opts)
+	if err != nil {
+		return nil, err
+	}
 	if err := Init(); err != nil {
 		return nil, err
 	}
@@ -209,7 +240,7 @@ func OpenBytes(model []byte) (*Session, error) {
 	if len(model) == 0 {
 		return nil, fmt.Errorf("ort: %s: empty model", name)
 	}
-	return open(name, bytes.NewReader(model), int64(len(model)),
+	return open(name, bytes.NewReader(model), int64(len(model)), o,
 		func(*onnxruntime.SessionOptions) ([]onnxruntime.InputOutputInfo, []onnxruntime.InputOutputInfo, error) {
 			return onnxruntime.GetInputOutputInfoWithONNXData(model)
 		},
@@ -248,7 +279,7 @@ func askORT(info ortInfo) (ins, outs []IOInfo, err error) {
 	return ins, outs, nil
 }
 
-func open(name string, model io.ReaderAt, size int64, info ortInfo,
+func open(name string, model io.ReaderAt, size int64, o options, info ortInfo,
 	create func(in, out []string, opts *onnxruntime.SessionOptions) (*onnxruntime.DynamicAdvancedSession, error),
 ) (*Session, error) {
 	// The dynamic session API needs the input and output names up front and does
@@ -276,7 +307,10 @@ func open(name string, model io.ReaderAt, size int64, info ortInfo,
 		return nil, fmt.Errorf("ort: %s: %w", name, err)
 	}
 	defer opts.Destroy()
-	if err := opts.SetIntraOpNumThreads(runtime.NumCPU()); err != nil {
+	if err := opts.SetIntraOpNumThreads(o.threads); err != nil {
+		return nil, fmt.Errorf("ort: %s: %d intra-op threads: %w", name, o.threads, err)
+	}
+	if err := opts.SetInterOpNumThreads(1); err != nil {
 		return nil, fmt.Errorf("ort: %s: %w", name, err)
 	}
 	s.s, err = create(inNames, outNames, opts)
@@ -506,8 +540,8 @@ func (s *Session) Close() error {
 }
 
 // RunFile opens the model at modelPath, runs it once on inputs and closes it.
-func RunFile(modelPath string, inputs map[string]Tensor) (map[string]Tensor, error) {
-	s, err := Open(modelPath)
+func RunFile(modelPath string, inputs map[string]Tensor, opts ...Option) (map[string]Tensor, error) {
+	s, err := Open(modelPath, opts...)
 	if err != nil {
 		return nil, err
 	}

@@ -297,3 +297,57 @@ func BenchmarkRunFixture(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N)/8, "µs/image")
 }
+
+// tasks is how many OS threads the process has.
+func tasks(tb testing.TB) int {
+	tb.Helper()
+	d, err := os.ReadDir("/proc/self/task")
+	if err != nil {
+		tb.Skipf("no /proc/self/task: %v", err)
+	}
+	return len(d)
+}
+
+// Threads: a count below one is refused before anything loads; the count is the
+// session's intra-op pool (ONNX Runtime starts n-1 threads beside the caller's); one
+// thread and four give the same outputs, PyTorch's.
+func TestThreads(t *testing.T) {
+	mustInit(t)
+	path := filepath.Join(testdata, "tv_op17_dynamic.onnx")
+	for _, n := range []int{0, -3} {
+		if _, err := Open(path, Threads(n)); err == nil || !strings.Contains(err.Error(), "threads") {
+			t.Errorf("Open with Threads(%d): %v; want an error naming the threads", n, err)
+		}
+		if _, err := OpenBytes([]byte("x"), Threads(n)); err == nil || !strings.Contains(err.Error(), "threads") {
+			t.Errorf("OpenBytes with Threads(%d): %v; want an error naming the threads", n, err)
+		}
+	}
+	x := readNpy(t, filepath.Join(testdata, "tv_op17_dynamic.input.npy"))
+	want := readNpy(t, filepath.Join(testdata, "tv_op17_dynamic.output.npy"))
+	in := map[string]Tensor{"input": {Shape: x.Shape, Data: x.Float32}}
+	var outs [][]float32
+	var started []int
+	for _, n := range []int{1, 4} {
+		before := tasks(t)
+		s, err := Open(path, Threads(n))
+		if err != nil {
+			t.Fatal(err)
+		}
+		started = append(started, tasks(t)-before)
+		out, err := s.Run(in)
+		s.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d := fixture.MaxAbsDiff(out["logits"].Data, want.Float32); d > 1e-5 {
+			t.Errorf("Threads(%d): differs from PyTorch by %g", n, d)
+		}
+		outs = append(outs, out["logits"].Data)
+	}
+	if d := fixture.MaxAbsDiff(outs[0], outs[1]); d > 1e-6 {
+		t.Errorf("1 thread vs 4: outputs differ by %g", d)
+	}
+	if started[1]-started[0] < 3 {
+		t.Errorf("a 1-thread session started %d OS threads, a 4-thread one %d; want 3 more", started[0], started[1])
+	}
+}
