@@ -7,6 +7,7 @@ import (
 	"github.com/sugarme/gotch/ts"
 
 	"github.com/sptctl/sptctl/engine"
+	"github.com/sptctl/sptctl/surgery/constfold"
 )
 
 // Image classification on top of Run: batches of images in, mean cross-entropy and its
@@ -74,7 +75,7 @@ func (p *Program) batches(images []float32, labels []int64, n int, train bool) (
 	if n <= 0 {
 		return nil, fmt.Errorf("%d images", n)
 	}
-	size := int(prod(sample))
+	size := int(constfold.Prod(sample))
 	if len(images) != n*size {
 		return nil, fmt.Errorf("%d values for %d images of shape %v", len(images), n, sample)
 	}

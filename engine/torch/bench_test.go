@@ -3,6 +3,7 @@ package torch
 import (
 	"fmt"
 	"github.com/sptctl/sptctl/engine"
+	"github.com/sptctl/sptctl/surgery/constfold"
 	"math/rand"
 	"runtime"
 	"testing"
@@ -18,7 +19,7 @@ func BenchmarkForwardBackward(b *testing.B) {
 	}{{"tv_op17_dynamic", 64}, {"tv_op14_static", 64}, {"tv_op17_static_b1", 16}} {
 		b.Run(fmt.Sprintf("%s/batch=%d", c.name, c.batch), func(b *testing.B) {
 			m, x, _ := loadFixture(b, c.name)
-			per := int(prod(x.Shape[1:]))
+			per := int(constfold.Prod(x.Shape[1:]))
 			rng := rand.New(rand.NewSource(1))
 			imgs := make([]float32, c.batch*per)
 			for k := range imgs {

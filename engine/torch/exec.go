@@ -11,6 +11,7 @@ import (
 	"github.com/sptctl/sptctl/engine"
 	"github.com/sptctl/sptctl/onnxio"
 	"github.com/sptctl/sptctl/onnxio/onnxpb"
+	"github.com/sptctl/sptctl/surgery/constfold"
 )
 
 // The executor: an ONNX graph compiled once into an ordered list of steps that run on
@@ -45,8 +46,8 @@ type Program struct {
 	params    map[string]*param
 	order     []string // float initializers in graph order
 	trainable []string
-	hostCache map[*hostT]*ts.Tensor // libtorch copies of static host values
-	gradSq    map[string]*ts.Tensor // AddGradSquares' running sums
+	hostCache map[*constfold.Tensor]*ts.Tensor // libtorch copies of static host values
+	gradSq    map[string]*ts.Tensor            // AddGradSquares' running sums
 	precision engine.Precision
 	closed    bool
 }
@@ -68,7 +69,7 @@ type step struct {
 // value is a tensor in libtorch (t) or in Go memory (h); neither for an absent input.
 type value struct {
 	t      *ts.Tensor
-	h      *hostT
+	h      *constfold.Tensor
 	static bool
 }
 
@@ -111,7 +112,7 @@ func (r *runCtx) T(v value) (*ts.Tensor, error) {
 }
 
 // H returns v in Go memory (copying a libtorch tensor out if needed).
-func (r *runCtx) H(v value) (*hostT, error) {
+func (r *runCtx) H(v value) (*constfold.Tensor, error) {
 	if v.h != nil {
 		return v.h, nil
 	}
@@ -124,7 +125,7 @@ func (r *runCtx) H(v value) (*hostT, error) {
 // Shape returns v's shape.
 func (r *runCtx) Shape(v value) ([]int64, error) {
 	if v.h != nil {
-		return v.h.shape, nil
+		return v.h.Shape, nil
 	}
 	if v.t == nil {
 		return nil, errors.New("missing input")
@@ -150,7 +151,7 @@ func Compile(m *onnxpb.ModelProto, opt engine.Options) (p *Program, err error) {
 		opset:     onnxio.Opset(m),
 		ids:       map[string]int{},
 		params:    map[string]*param{},
-		hostCache: map[*hostT]*ts.Tensor{},
+		hostCache: map[*constfold.Tensor]*ts.Tensor{},
 		precision: opt.Precision,
 	}
 	if p.opset == 0 {
@@ -194,7 +195,7 @@ func Compile(m *onnxpb.ModelProto, opt engine.Options) (p *Program, err error) {
 			p.isParam[id] = true
 			continue
 		}
-		h, err := hostFromProto(init)
+		h, err := constfold.FromProto(init)
 		if err != nil {
 			return nil, fmt.Errorf("compile: initializer: %w", err)
 		}
@@ -282,7 +283,7 @@ func Compile(m *onnxpb.ModelProto, opt engine.Options) (p *Program, err error) {
 // raw_data when it has one (no Go copy of a large model's weights).
 func floatInitializer(init *onnxpb.TensorProto) (*ts.Tensor, error) {
 	dims := init.GetDims()
-	if raw := init.GetRawData(); len(raw) > 0 && int64(len(raw)) == 4*prod(dims) {
+	if raw := init.GetRawData(); len(raw) > 0 && int64(len(raw)) == 4*constfold.Prod(dims) {
 		return tensorFromData(unsafe.Pointer(&raw[0]), dims, 4, gotch.Float)
 	}
 	vals, err := onnxio.Floats(init)

@@ -19,6 +19,7 @@ import (
 	"github.com/sptctl/sptctl/internal/npy"
 	"github.com/sptctl/sptctl/onnxio"
 	"github.com/sptctl/sptctl/onnxio/onnxpb"
+	"github.com/sptctl/sptctl/surgery/constfold"
 )
 
 // All torch work in these tests runs on one shared Worker (a goroutine locked to its
@@ -161,7 +162,7 @@ func TestDynamicBatch(t *testing.T) {
 	for _, name := range []string{"tv_op17_dynamic", "tv_op13_nofold", "timm_op17", "hf_op17"} {
 		t.Run(name, func(t *testing.T) {
 			m, x, y := loadFixture(t, name)
-			per := int(prod(x.Shape[1:]))
+			per := int(constfold.Prod(x.Shape[1:]))
 			onTorch(t, func() error {
 				p, err := Compile(m, engine.Options{})
 				if err != nil {
@@ -278,7 +279,7 @@ func TestParams(t *testing.T) {
 // (two runs, the second padded) gives PyTorch's logits for each.
 func TestForwardMicroBatches(t *testing.T) {
 	m, x, y := loadFixture(t, "tv_op14_static") // fixed batch 2
-	per := int(prod(x.Shape[1:]))
+	per := int(constfold.Prod(x.Shape[1:]))
 	onTorch(t, func() error {
 		p, err := Compile(m, engine.Options{})
 		if err != nil {
@@ -400,7 +401,7 @@ func TestExternalModel(t *testing.T) {
 			return err
 		}
 		defer p.Close()
-		per := int(prod(x.Shape[1:]))
+		per := int(constfold.Prod(x.Shape[1:]))
 		imgs := make([]float32, batch*per)
 		labels := make([]int64, batch)
 		for k := range imgs {

@@ -8,6 +8,7 @@ import (
 	"github.com/sptctl/sptctl/onnxio"
 	"github.com/sptctl/sptctl/onnxio/onnxpb"
 	"github.com/sptctl/sptctl/surgery"
+	"github.com/sptctl/sptctl/surgery/constfold"
 )
 
 // Fusions: node chains that PyTorch's exporter writes for one PyTorch op run as that
@@ -102,14 +103,14 @@ func (ix *fusionIndex) scalar(name string) (float64, bool) {
 	} else {
 		t = ix.inits[name]
 	}
-	if t == nil || !isFloatType(t.GetDataType()) {
+	if t == nil || !constfold.IsFloatType(t.GetDataType()) {
 		return 0, false
 	}
-	h, err := hostFromProto(t)
-	if err != nil || len(h.f) != 1 {
+	h, err := constfold.FromProto(t)
+	if err != nil || len(h.F) != 1 {
 		return 0, false
 	}
-	return h.f[0], true
+	return h.F[0], true
 }
 
 // sole returns the only consumer of value if it has op type op.

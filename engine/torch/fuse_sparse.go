@@ -7,6 +7,7 @@ import (
 
 	"github.com/sptctl/sptctl/onnxio"
 	"github.com/sptctl/sptctl/onnxio/onnxpb"
+	"github.com/sptctl/sptctl/surgery/constfold"
 )
 
 // Sparse-delta linear layers: the chain `sptctl inject` writes for a weight with
@@ -110,8 +111,8 @@ func matchSparseLinear(n *onnxpb.NodeProto, producer map[string]*onnxpb.NodeProt
 			if st == nil {
 				return nil
 			}
-			h, err := hostFromProto(st)
-			if err != nil || h.isFloat() || len(h.i) != 2 || h.i[0] != dims[0] || h.i[1] != dims[1] {
+			h, err := constfold.FromProto(st)
+			if err != nil || h.IsFloat() || len(h.I) != 2 || h.I[0] != dims[0] || h.I[1] != dims[1] {
 				return nil
 			}
 			c.nodes = append(c.nodes, p)
@@ -129,12 +130,12 @@ func matchSparseLinear(n *onnxpb.NodeProto, producer map[string]*onnxpb.NodeProt
 		if it == nil || it.GetDataType() != onnxio.Int64 || len(it.GetDims()) != 2 || it.GetDims()[1] != 2 {
 			return nil
 		}
-		h, err := hostFromProto(it)
+		h, err := constfold.FromProto(it)
 		if err != nil {
 			return nil
 		}
-		for k := 0; k+1 < len(h.i); k += 2 {
-			e := [2]int64{h.i[k], h.i[k+1]}
+		for k := 0; k+1 < len(h.I); k += 2 {
+			e := [2]int64{h.I[k], h.I[k+1]}
 			if e[0] < 0 || e[0] >= dims[0] || e[1] < 0 || e[1] >= dims[1] || seen[e] {
 				return nil // out of range (the op would fail) or written twice (order-dependent)
 			}
@@ -186,8 +187,8 @@ func matchSparseLinear(n *onnxpb.NodeProto, producer map[string]*onnxpb.NodeProt
 func zeroFill(n *onnxpb.NodeProto) bool {
 	for _, a := range n.GetAttribute() {
 		if a.GetName() == "value" {
-			h, err := hostFromProto(a.GetT())
-			return err == nil && h.isFloat() && len(h.f) == 1 && h.f[0] == 0
+			h, err := constfold.FromProto(a.GetT())
+			return err == nil && h.IsFloat() && len(h.F) == 1 && h.F[0] == 0
 		}
 	}
 	return false // ONNX's default fill is float zero, but inject always writes it
@@ -210,19 +211,19 @@ func (c *sparseChain) fusion() *fusion {
 // compile time, from the ScatterND indices (in W's stored layout).
 func opSparseLinear(transposed bool) opFunc {
 	return func(c *nodeCtx) (kernel, error) {
-		var pairs []*hostT
+		var pairs []*constfold.Tensor
 		for k := 3; k+1 < len(c.static); k += 2 {
 			h := c.static[k].h
 			if h == nil {
 				return nil, fmt.Errorf("sparse indices %q are not a constant", c.n.GetInput()[k])
 			}
-			p := newHostInts([]int64{int64(len(h.i) / 2), 2}, make([]int64, len(h.i)))
-			for e := 0; e+1 < len(h.i); e += 2 {
-				r, col := h.i[e], h.i[e+1]
+			p := constfold.Ints64([]int64{int64(len(h.I) / 2), 2}, make([]int64, len(h.I)))
+			for e := 0; e+1 < len(h.I); e += 2 {
+				r, col := h.I[e], h.I[e+1]
 				if transposed { // stored [in, out]
 					r, col = col, r
 				}
-				p.i[e], p.i[e+1] = r, col
+				p.I[e], p.I[e+1] = r, col
 			}
 			pairs = append(pairs, p)
 		}

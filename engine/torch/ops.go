@@ -7,6 +7,7 @@ import (
 
 	"github.com/sptctl/sptctl/onnxio/onnxpb"
 	"github.com/sptctl/sptctl/surgery"
+	"github.com/sptctl/sptctl/surgery/constfold"
 )
 
 // The ONNX operators, with their semantics at opsets 13-17 (and the attribute forms of
@@ -84,7 +85,7 @@ func one(t *ts.Tensor, err error) ([]value, error) {
 	return []value{{t: t}}, nil
 }
 
-func hostOne(h *hostT, err error) ([]value, error) {
+func hostOne(h *constfold.Tensor, err error) ([]value, error) {
 	if err != nil {
 		return nil, err
 	}
@@ -109,7 +110,7 @@ func optInts(r *runCtx, in []value, k int) ([]int64, bool, error) {
 	if err != nil {
 		return nil, false, err
 	}
-	return h.ints(), true, nil
+	return h.Ints(), true, nil
 }
 
 // reshapeT reshapes (a view when possible); a scalar shape is handled apart because

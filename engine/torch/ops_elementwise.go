@@ -3,12 +3,11 @@ package torch
 import (
 	"errors"
 	"fmt"
-	"math"
 
 	"github.com/sugarme/gotch"
 	"github.com/sugarme/gotch/ts"
 
-	"github.com/sptctl/sptctl/onnxio/onnxpb"
+	"github.com/sptctl/sptctl/surgery/constfold"
 )
 
 // Elementwise ops: arithmetic, comparisons, logic, unary math and GELU.
@@ -20,7 +19,7 @@ func binaryOp(op string) opFunc {
 				return nil, errors.New("missing input")
 			}
 			if in[0].h != nil && in[1].h != nil {
-				return hostOne(hostBinaryOp(op, in[0].h, in[1].h))
+				return hostOne(constfold.BinaryOp(op, in[0].h, in[1].h))
 			}
 			a, err := r.T(in[0])
 			if err != nil {
@@ -93,67 +92,18 @@ func variadic(op string) opFunc {
 	}
 }
 
-func boolOf(v bool) int64 {
-	if v {
-		return 1
-	}
-	return 0
-}
-
-func hostBinaryOp(op string, a, b *hostT) (*hostT, error) {
-	boolT := int32(onnxpb.TensorProto_BOOL)
-	switch op {
-	case "Add":
-		return hostBinary(a, b, a.dtype, func(x, y int64) int64 { return x + y }, func(x, y float64) float64 { return x + y })
-	case "Sub":
-		return hostBinary(a, b, a.dtype, func(x, y int64) int64 { return x - y }, func(x, y float64) float64 { return x - y })
-	case "Mul":
-		return hostBinary(a, b, a.dtype, func(x, y int64) int64 { return x * y }, func(x, y float64) float64 { return x * y })
-	case "Div":
-		var divErr error
-		out, err := hostBinary(a, b, a.dtype, func(x, y int64) int64 {
-			if y == 0 {
-				divErr = errors.New("integer division by zero")
-				return 0
-			}
-			return x / y
-		}, func(x, y float64) float64 { return x / y })
-		if err == nil {
-			err = divErr
-		}
-		return out, err
-	case "Pow":
-		return hostBinary(a, b, a.dtype, func(x, y int64) int64 { return int64(math.Pow(float64(x), float64(y))) }, math.Pow)
-	case "Equal":
-		return hostBinary(a, b, boolT, func(x, y int64) int64 { return boolOf(x == y) }, func(x, y float64) float64 { return float64(boolOf(x == y)) })
-	case "Less":
-		return hostBinary(a, b, boolT, func(x, y int64) int64 { return boolOf(x < y) }, func(x, y float64) float64 { return float64(boolOf(x < y)) })
-	case "Greater":
-		return hostBinary(a, b, boolT, func(x, y int64) int64 { return boolOf(x > y) }, func(x, y float64) float64 { return float64(boolOf(x > y)) })
-	case "And":
-		return hostBinary(a, b, boolT, func(x, y int64) int64 { return boolOf(x != 0 && y != 0) }, nil)
-	case "Or":
-		return hostBinary(a, b, boolT, func(x, y int64) int64 { return boolOf(x != 0 || y != 0) }, nil)
-	case "Max":
-		return hostBinary(a, b, a.dtype, func(x, y int64) int64 { return max(x, y) }, math.Max)
-	case "Min":
-		return hostBinary(a, b, a.dtype, func(x, y int64) int64 { return min(x, y) }, math.Min)
-	}
-	return nil, fmt.Errorf("unknown binary op %s", op)
-}
-
 func opPow(c *nodeCtx) (kernel, error) {
 	return func(r *runCtx, in []value) ([]value, error) {
 		if in[0].h != nil && in[1].h != nil {
-			return hostOne(hostBinaryOp("Pow", in[0].h, in[1].h))
+			return hostOne(constfold.BinaryOp("Pow", in[0].h, in[1].h))
 		}
 		a, err := r.T(in[0])
 		if err != nil {
 			return nil, err
 		}
 		// A constant scalar exponent (x^2 in decomposed LayerNorm) as a Scalar.
-		if in[1].h != nil && in[1].h.numel() == 1 && a.DType() != gotch.Int64 {
-			s := floatScalar(in[1].h.floats()[0])
+		if in[1].h != nil && in[1].h.Len() == 1 && a.DType() != gotch.Int64 {
+			s := floatScalar(in[1].h.Floats()[0])
 			defer s.Drop()
 			return one(a.PowTensorScalar(s, false))
 		}
@@ -169,7 +119,7 @@ func unary(op string) opFunc {
 	return func(c *nodeCtx) (kernel, error) {
 		return func(r *runCtx, in []value) ([]value, error) {
 			if in[0].h != nil {
-				if h, ok := hostUnary(op, in[0].h); ok {
+				if h, ok := constfold.Unary(op, in[0].h); ok {
 					return []value{{h: h}}, nil
 				}
 			}
@@ -208,67 +158,6 @@ func unary(op string) opFunc {
 			return nil, fmt.Errorf("unknown unary op %s", op)
 		}, nil
 	}
-}
-
-func hostUnary(op string, a *hostT) (*hostT, bool) {
-	out := newHostLike(a.dtype, a.shape)
-	if a.isFloat() {
-		var f func(float64) float64
-		switch op {
-		case "Sqrt":
-			f = math.Sqrt
-		case "Neg":
-			f = func(x float64) float64 { return -x }
-		case "Abs":
-			f = math.Abs
-		case "Exp":
-			f = math.Exp
-		case "Log":
-			f = math.Log
-		case "Reciprocal":
-			f = func(x float64) float64 { return 1 / x }
-		case "Floor":
-			f = math.Floor
-		case "Ceil":
-			f = math.Ceil
-		case "Relu":
-			f = func(x float64) float64 { return math.Max(x, 0) }
-		case "Erf":
-			f = math.Erf
-		case "Tanh":
-			f = math.Tanh
-		default:
-			return nil, false
-		}
-		for k, x := range a.f {
-			out.f[k] = roundTo(a.dtype, f(x))
-		}
-		return out, true
-	}
-	var f func(int64) int64
-	switch op {
-	case "Neg":
-		f = func(x int64) int64 { return -x }
-	case "Abs":
-		f = func(x int64) int64 {
-			if x < 0 {
-				return -x
-			}
-			return x
-		}
-	case "Relu":
-		f = func(x int64) int64 { return max(x, 0) }
-	case "Not":
-		f = func(x int64) int64 { return boolOf(x == 0) }
-	case "Floor", "Ceil":
-		f = func(x int64) int64 { return x }
-	default:
-		return nil, false
-	}
-	for k, x := range a.i {
-		out.i[k] = f(x)
-	}
-	return out, true
 }
 
 func opGelu(c *nodeCtx) (kernel, error) {

@@ -3,15 +3,16 @@ package torch
 import (
 	"errors"
 	"fmt"
-	"math"
 
 	"github.com/sugarme/gotch"
 	"github.com/sugarme/gotch/ts"
+
+	"github.com/sptctl/sptctl/surgery/constfold"
 )
 
 // Indexed writes and generated tensors: ScatterND, Range, Pad, Tile.
 // opScatterND (reduction none or add): data[indices[i]] = updates[i], as index_copy /
-// index_add on data viewed as [prod(shape[:k]), shape[k:]...].
+// index_add on data viewed as [constfold.Prod(shape[:k]), shape[k:]...].
 func opScatterND(c *nodeCtx) (kernel, error) {
 	red := c.str("reduction", "none")
 	if red != "none" && red != "add" {
@@ -37,11 +38,11 @@ func opScatterND(c *nodeCtx) (kernel, error) {
 		if k > len(ds) {
 			return nil, fmt.Errorf("indices of depth %d into data of rank %d", k, len(ds))
 		}
-		m := prod(is[:len(is)-1])
-		st := stridesOf(ds[:k])
+		m := constfold.Prod(is[:len(is)-1])
+		st := constfold.Strides(ds[:k])
 		var lin *ts.Tensor
 		if in[1].h != nil {
-			idx := in[1].h.ints()
+			idx := in[1].h.Ints()
 			l := make([]int64, m)
 			for i := int64(0); i < m; i++ {
 				for j := 0; j < k; j++ {
@@ -80,7 +81,7 @@ func opScatterND(c *nodeCtx) (kernel, error) {
 		}
 		defer lin.Drop()
 		rest := ds[k:]
-		flatShape := append([]int64{prod(ds[:k])}, rest...)
+		flatShape := append([]int64{constfold.Prod(ds[:k])}, rest...)
 		df, err := reshapeT(data, flatShape)
 		if err != nil {
 			return nil, err
@@ -111,40 +112,15 @@ func opScatterND(c *nodeCtx) (kernel, error) {
 
 func opRange(c *nodeCtx) (kernel, error) {
 	return func(r *runCtx, in []value) ([]value, error) {
-		var hs [3]*hostT
-		for k := 0; k < 3; k++ {
+		var hs [3]*constfold.Tensor
+		for k := range hs {
 			h, err := r.H(in[k])
 			if err != nil {
 				return nil, err
 			}
-			if h.numel() != 1 {
-				return nil, errors.New("start, limit and delta must be scalars")
-			}
 			hs[k] = h
 		}
-		dt := hs[0].dtype
-		if hs[0].isFloat() {
-			s, l, d := hs[0].f[0], hs[1].floats()[0], hs[2].floats()[0]
-			if d == 0 {
-				return nil, errors.New("delta 0")
-			}
-			n := int64(math.Max(math.Ceil((l-s)/d), 0))
-			out := newHostLike(dt, []int64{n})
-			for k := range out.f {
-				out.f[k] = roundTo(dt, s+float64(k)*d)
-			}
-			return []value{{h: out}}, nil
-		}
-		s, l, d := hs[0].i[0], hs[1].ints()[0], hs[2].ints()[0]
-		if d == 0 {
-			return nil, errors.New("delta 0")
-		}
-		n := int64(math.Max(math.Ceil(float64(l-s)/float64(d)), 0))
-		out := newHostLike(dt, []int64{n})
-		for k := range out.i {
-			out.i[k] = s + int64(k)*d
-		}
-		return []value{{h: out}}, nil
+		return hostOne(constfold.Range(hs[0], hs[1], hs[2]))
 	}, nil
 }
 
@@ -168,7 +144,7 @@ func opPad(c *nodeCtx) (kernel, error) {
 				if err != nil {
 					return nil, err
 				}
-				val = h.floats()[0]
+				val = h.Floats()[0]
 			}
 			if axes, _, err = optInts(r, in, 3); err != nil {
 				return nil, err
@@ -192,7 +168,7 @@ func opPad(c *nodeCtx) (kernel, error) {
 		}
 		begin, end := make([]int64, len(xs)), make([]int64, len(xs))
 		for k, ax := range axes {
-			a, err := normAxis(ax, len(xs))
+			a, err := constfold.NormAxis(ax, len(xs))
 			if err != nil {
 				return nil, err
 			}
@@ -228,7 +204,7 @@ func opTile(c *nodeCtx) (kernel, error) {
 		if err != nil {
 			return nil, err
 		}
-		reps := rep.ints()
+		reps := rep.Ints()
 		if len(reps) != len(xs) {
 			return nil, fmt.Errorf("repeats %v for rank %d", reps, len(xs))
 		}

@@ -5,6 +5,8 @@ import (
 
 	"github.com/sugarme/gotch"
 	"github.com/sugarme/gotch/ts"
+
+	"github.com/sptctl/sptctl/surgery/constfold"
 )
 
 // Neural-network ops: reductions, LayerNormalization, Softmax and Dropout.
@@ -40,7 +42,7 @@ func opReduce(op string) opFunc {
 			}
 			norm := make([]int64, len(axes))
 			for k, ax := range axes {
-				a, err := normAxis(ax, len(xs))
+				a, err := constfold.NormAxis(ax, len(xs))
 				if err != nil {
 					return nil, err
 				}
@@ -67,7 +69,7 @@ func opLayerNorm(c *nodeCtx) (kernel, error) {
 		if err != nil {
 			return nil, err
 		}
-		a, err := normAxis(axis, len(xs))
+		a, err := constfold.NormAxis(axis, len(xs))
 		if err != nil {
 			return nil, err
 		}
@@ -108,7 +110,7 @@ func opSoftmax(log bool) opFunc {
 			if err != nil {
 				return nil, err
 			}
-			a, err := normAxis(axis, len(xs))
+			a, err := constfold.NormAxis(axis, len(xs))
 			if err != nil {
 				return nil, err
 			}
@@ -122,7 +124,7 @@ func opSoftmax(log bool) opFunc {
 				return one(f(x, int64(a)))
 			}
 			// Before opset 13: softmax over the flattened trailing axes [a, rank).
-			flat, err := reshapeT(x, []int64{prod(xs[:a]), prod(xs[a:])})
+			flat, err := reshapeT(x, []int64{constfold.Prod(xs[:a]), constfold.Prod(xs[a:])})
 			if err != nil {
 				return nil, err
 			}
@@ -154,7 +156,7 @@ func opDropout(c *nodeCtx) (kernel, error) {
 				if err != nil {
 					return nil, err
 				}
-				ratio = h.floats()[0]
+				ratio = h.Floats()[0]
 			}
 		}
 		active := r.train && ratio > 0
@@ -163,7 +165,7 @@ func opDropout(c *nodeCtx) (kernel, error) {
 			if err != nil {
 				return nil, err
 			}
-			active = active && h.ints()[0] != 0
+			active = active && h.Ints()[0] != 0
 		}
 		if in[0].h != nil && !active {
 			return []value{{h: in[0].h}}, nil

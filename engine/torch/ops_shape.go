@@ -5,6 +5,8 @@ import (
 	"fmt"
 
 	"github.com/sugarme/gotch/ts"
+
+	"github.com/sptctl/sptctl/surgery/constfold"
 )
 
 // Shape ops: reshaping, transposing, joining, splitting, slicing, gathering and the shape queries.
@@ -22,7 +24,7 @@ func opReshape(c *nodeCtx) (kernel, error) {
 			if err != nil {
 				return nil, err
 			}
-			shape = h.ints()
+			shape = h.Ints()
 		}
 		xs, err := r.Shape(in[0])
 		if err != nil {
@@ -33,7 +35,7 @@ func opReshape(c *nodeCtx) (kernel, error) {
 			return nil, err
 		}
 		if in[0].h != nil {
-			return []value{{h: hostReshape(in[0].h, target)}}, nil
+			return hostOne(constfold.Reshape(in[0].h, target))
 		}
 		return one(reshapeT(in[0].t, target))
 	}, nil
@@ -63,7 +65,7 @@ func reshapeTarget(xs, shape []int64, allowZero bool) ([]int64, error) {
 		}
 		known *= out[k]
 	}
-	total := prod(xs)
+	total := constfold.Prod(xs)
 	if infer >= 0 {
 		if known == 0 || total%known != 0 {
 			return nil, fmt.Errorf("cannot reshape %v to %v", xs, shape)
@@ -89,9 +91,9 @@ func opFlatten(c *nodeCtx) (kernel, error) {
 		if a < 0 || a > int64(len(xs)) {
 			return nil, fmt.Errorf("axis %d out of range for rank %d", axis, len(xs))
 		}
-		target := []int64{prod(xs[:a]), prod(xs[a:])}
+		target := []int64{constfold.Prod(xs[:a]), constfold.Prod(xs[a:])}
 		if in[0].h != nil {
-			return []value{{h: hostReshape(in[0].h, target)}}, nil
+			return hostOne(constfold.Reshape(in[0].h, target))
 		}
 		return one(reshapeT(in[0].t, target))
 	}, nil
@@ -111,7 +113,7 @@ func opTranspose(c *nodeCtx) (kernel, error) {
 				if len(perm) != len(xs) {
 					return nil, fmt.Errorf("perm %v for rank %d", perm, len(xs))
 				}
-				a, err := normAxis(perm[k], len(xs))
+				a, err := constfold.NormAxis(perm[k], len(xs))
 				if err != nil || seen[a] {
 					return nil, fmt.Errorf("invalid perm %v", perm)
 				}
@@ -122,7 +124,7 @@ func opTranspose(c *nodeCtx) (kernel, error) {
 			}
 		}
 		if in[0].h != nil {
-			return []value{{h: hostTranspose(in[0].h, p)}}, nil
+			return hostOne(constfold.Transpose(in[0].h, p))
 		}
 		if len(p) == 0 {
 			return clone(in[0].t)
@@ -151,16 +153,16 @@ func opConcat(c *nodeCtx) (kernel, error) {
 		if err != nil {
 			return nil, err
 		}
-		a, err := normAxis(axis, len(xs))
+		a, err := constfold.NormAxis(axis, len(xs))
 		if err != nil {
 			return nil, err
 		}
 		if allHost(parts) {
-			hs := make([]*hostT, len(parts))
+			hs := make([]*constfold.Tensor, len(parts))
 			for k, v := range parts {
 				hs[k] = v.h
 			}
-			return hostOne(hostConcat(hs, a))
+			return hostOne(constfold.Concat(hs, a))
 		}
 		ts_ := make([]*ts.Tensor, len(parts))
 		for k, v := range parts {
@@ -184,7 +186,7 @@ func opSplit(c *nodeCtx) (kernel, error) {
 		if err != nil {
 			return nil, err
 		}
-		a, err := normAxis(axis, len(xs))
+		a, err := constfold.NormAxis(axis, len(xs))
 		if err != nil {
 			return nil, err
 		}
@@ -223,7 +225,11 @@ func opSplit(c *nodeCtx) (kernel, error) {
 					step[d] = 1
 				}
 				first[a], count[a] = off, s
-				out[k] = value{h: hostSlice(in[0].h, first, step, count)}
+				h, err := constfold.Slice(in[0].h, first, step, count)
+				if err != nil {
+					return nil, err
+				}
+				out[k] = value{h: h}
 				off += s
 			}
 			return out, nil
@@ -283,7 +289,7 @@ func opSlice(c *nodeCtx) (kernel, error) {
 			if axes != nil {
 				ax = axes[k]
 			}
-			a, err := normAxis(ax, len(xs))
+			a, err := constfold.NormAxis(ax, len(xs))
 			if err != nil {
 				return nil, err
 			}
@@ -298,10 +304,10 @@ func opSlice(c *nodeCtx) (kernel, error) {
 			if st == 0 {
 				return nil, errors.New("step 0")
 			}
-			first[a], step[a], count[a] = sliceRange(starts[k], ends[k], st, xs[a])
+			first[a], step[a], count[a] = constfold.SliceRange(starts[k], ends[k], st, xs[a])
 		}
 		if in[0].h != nil {
-			return []value{{h: hostSlice(in[0].h, first, step, count)}}, nil
+			return hostOne(constfold.Slice(in[0].h, first, step, count))
 		}
 		t := in[0].t
 		owned := false
@@ -349,12 +355,12 @@ func opGather(c *nodeCtx) (kernel, error) {
 		if err != nil {
 			return nil, err
 		}
-		a, err := normAxis(axis, len(xs))
+		a, err := constfold.NormAxis(axis, len(xs))
 		if err != nil {
 			return nil, err
 		}
 		if in[0].h != nil && in[1].h != nil {
-			return hostOne(hostGather(in[0].h, in[1].h, a))
+			return hostOne(constfold.Gather(in[0].h, in[1].h, a))
 		}
 		x, err := r.T(in[0])
 		if err != nil {
@@ -362,7 +368,7 @@ func opGather(c *nodeCtx) (kernel, error) {
 		}
 		dim := xs[a]
 		if in[1].h != nil {
-			idx := in[1].h.ints()
+			idx := in[1].h.Ints()
 			norm := make([]int64, len(idx))
 			for k, j := range idx {
 				if j < 0 {
@@ -373,7 +379,7 @@ func opGather(c *nodeCtx) (kernel, error) {
 				}
 				norm[k] = j
 			}
-			if len(in[1].h.shape) == 0 { // x[:, j]: a view
+			if len(in[1].h.Shape) == 0 { // x[:, j]: a view
 				return one(x.Select(int64(a), norm[0], false))
 			}
 			it, err := tensorFromInt64s(norm, []int64{int64(len(norm))})
@@ -381,7 +387,7 @@ func opGather(c *nodeCtx) (kernel, error) {
 				return nil, err
 			}
 			defer it.Drop()
-			return gatherIndexSelect(x, xs, a, it, in[1].h.shape)
+			return gatherIndexSelect(x, xs, a, it, in[1].h.Shape)
 		}
 		idx := in[1].t
 		is, err := sizeOf(idx)
@@ -395,7 +401,7 @@ func opGather(c *nodeCtx) (kernel, error) {
 			return nil, torchErr(err)
 		}
 		defer pos.Drop()
-		flat, err := reshapeT(pos, []int64{prod(is)})
+		flat, err := reshapeT(pos, []int64{constfold.Prod(is)})
 		if err != nil {
 			return nil, err
 		}
@@ -439,12 +445,12 @@ func opShape(c *nodeCtx) (kernel, error) {
 		if e < 0 {
 			e += n
 		}
-		s, e = clamp(s, 0, n), clamp(e, 0, n)
+		s, e = min(max(s, 0), n), min(max(e, 0), n)
 		if e < s {
 			e = s
 		}
 		out := append([]int64{}, xs[s:e]...)
-		return []value{{h: newHostInts([]int64{int64(len(out))}, out)}}, nil
+		return []value{{h: constfold.Ints64([]int64{int64(len(out))}, out)}}, nil
 	}, nil
 }
 
@@ -454,7 +460,7 @@ func opSize(c *nodeCtx) (kernel, error) {
 		if err != nil {
 			return nil, err
 		}
-		return []value{{h: newHostInts(nil, []int64{prod(xs)})}}, nil
+		return []value{{h: constfold.Ints64(nil, []int64{constfold.Prod(xs)})}}, nil
 	}, nil
 }
 
@@ -482,7 +488,7 @@ func opUnsqueeze(c *nodeCtx) (kernel, error) {
 		norm := make([]int, len(axes))
 		isNew := make([]bool, rank)
 		for k, ax := range axes {
-			a, err := normAxis(ax, rank)
+			a, err := constfold.NormAxis(ax, rank)
 			if err != nil {
 				return nil, err
 			}
@@ -503,7 +509,7 @@ func opUnsqueeze(c *nodeCtx) (kernel, error) {
 			}
 		}
 		if in[0].h != nil {
-			return []value{{h: hostReshape(in[0].h, shape)}}, nil
+			return hostOne(constfold.Reshape(in[0].h, shape))
 		}
 		// Inserting size-1 axes never needs a copy: a reshape is a view.
 		return one(reshapeT(in[0].t, shape))
@@ -526,7 +532,7 @@ func opSqueeze(c *nodeCtx) (kernel, error) {
 			}
 		} else {
 			for _, ax := range axes {
-				a, err := normAxis(ax, len(xs))
+				a, err := constfold.NormAxis(ax, len(xs))
 				if err != nil {
 					return nil, err
 				}
@@ -543,7 +549,7 @@ func opSqueeze(c *nodeCtx) (kernel, error) {
 			}
 		}
 		if in[0].h != nil {
-			return []value{{h: hostReshape(in[0].h, shape)}}, nil
+			return hostOne(constfold.Reshape(in[0].h, shape))
 		}
 		// Removing size-1 axes never needs a copy: a reshape is a view.
 		return one(reshapeT(in[0].t, shape))
@@ -560,14 +566,12 @@ func opExpand(c *nodeCtx) (kernel, error) {
 		if err != nil {
 			return nil, err
 		}
-		target, err := broadcastShapes(xs, sh.ints())
+		target, err := constfold.BroadcastShapes(xs, sh.Ints())
 		if err != nil {
 			return nil, err
 		}
 		if in[0].h != nil {
-			zero := newHostLike(in[0].h.dtype, target)
-			return hostOne(hostBinary(in[0].h, zero, in[0].h.dtype,
-				func(x, _ int64) int64 { return x }, func(x, _ float64) float64 { return x }))
+			return hostOne(constfold.Expand(in[0].h, target))
 		}
 		if len(target) == 0 {
 			return clone(in[0].t)

@@ -13,6 +13,7 @@ import (
 
 	"github.com/sptctl/sptctl/onnxio"
 	"github.com/sptctl/sptctl/onnxio/onnxpb"
+	"github.com/sptctl/sptctl/surgery/constfold"
 )
 
 // Op semantics on small hand-built graphs. Each case runs twice: with its data as
@@ -127,9 +128,9 @@ func feeds(data map[string]arr) (map[string]*ts.Tensor, error) {
 		if a.f != nil {
 			t, err = tensorFromFloats(a.f, a.shape)
 		} else {
-			h := newHostInts(a.shape, a.i)
+			h := constfold.Ints64(a.shape, a.i)
 			if a.b {
-				h.dtype = int32(onnxpb.TensorProto_BOOL)
+				h.DType = int32(onnxpb.TensorProto_BOOL)
 			}
 			t, err = tensorFromHost(h)
 		}
@@ -151,7 +152,7 @@ type opCase struct {
 	tol    float64
 }
 
-func runCase(c opCase, asInputs bool) (*hostT, error) {
+func runCase(c opCase, asInputs bool) (*constfold.Tensor, error) {
 	opset := c.opset
 	if opset == 0 {
 		opset = 17
@@ -181,29 +182,29 @@ func runCase(c opCase, asInputs bool) (*hostT, error) {
 	return hostFromTensor(outs["y"])
 }
 
-func checkArr(got *hostT, want arr, tol float64) error {
-	if fmt.Sprint(got.shape) != fmt.Sprint(want.shape) && !(len(got.shape) == 0 && len(want.shape) == 0) {
-		return fmt.Errorf("shape %v, want %v", got.shape, want.shape)
+func checkArr(got *constfold.Tensor, want arr, tol float64) error {
+	if fmt.Sprint(got.Shape) != fmt.Sprint(want.shape) && !(len(got.Shape) == 0 && len(want.shape) == 0) {
+		return fmt.Errorf("shape %v, want %v", got.Shape, want.shape)
 	}
 	if want.f != nil {
-		if !got.isFloat() {
-			return fmt.Errorf("got %s, want float", typeName(got.dtype))
+		if !got.IsFloat() {
+			return fmt.Errorf("got %s, want float", constfold.TypeName(got.DType))
 		}
 		for k, v := range want.f {
-			if math.Abs(got.f[k]-float64(v)) > tol {
-				return fmt.Errorf("value %d = %g, want %g (all %v)", k, got.f[k], v, got.f)
+			if math.Abs(got.F[k]-float64(v)) > tol {
+				return fmt.Errorf("value %d = %g, want %g (all %v)", k, got.F[k], v, got.F)
 			}
 		}
 		return nil
 	}
-	if got.isFloat() {
-		return fmt.Errorf("got %s, want integers", typeName(got.dtype))
+	if got.IsFloat() {
+		return fmt.Errorf("got %s, want integers", constfold.TypeName(got.DType))
 	}
-	if want.b != (got.dtype == int32(onnxpb.TensorProto_BOOL)) {
-		return fmt.Errorf("got %s, want bool %v", typeName(got.dtype), want.b)
+	if want.b != (got.DType == int32(onnxpb.TensorProto_BOOL)) {
+		return fmt.Errorf("got %s, want bool %v", constfold.TypeName(got.DType), want.b)
 	}
-	if fmt.Sprint(got.i) != fmt.Sprint(want.i) {
-		return fmt.Errorf("values %v, want %v", got.i, want.i)
+	if fmt.Sprint(got.I) != fmt.Sprint(want.i) {
+		return fmt.Errorf("values %v, want %v", got.I, want.i)
 	}
 	return nil
 }
@@ -493,8 +494,8 @@ func naiveConv(x []float32, xs []int64, w []float32, ws []int64, b []float32, st
 
 func TestConv(t *testing.T) {
 	xs, ws := []int64{2, 4, 7, 6}, []int64{6, 2, 3, 2}
-	x := make([]float32, prod(xs))
-	w := make([]float32, prod(ws))
+	x := make([]float32, constfold.Prod(xs))
+	w := make([]float32, constfold.Prod(ws))
 	b := make([]float32, ws[0])
 	for k := range x {
 		x[k] = float32(math.Sin(float64(k)))

@@ -9,6 +9,7 @@ import (
 
 	"github.com/sptctl/sptctl/onnxio"
 	"github.com/sptctl/sptctl/onnxio/onnxpb"
+	"github.com/sptctl/sptctl/surgery/constfold"
 )
 
 // The Program's weights and their gradients, as Go slices.
@@ -51,7 +52,7 @@ func (p *Program) Grad(name string) ([]float32, error) {
 		return nil, fmt.Errorf("grad %q: %w", name, torchErr(err))
 	}
 	if !def {
-		return make([]float32, prod(pr.shape)), nil
+		return make([]float32, constfold.Prod(pr.shape)), nil
 	}
 	out, err := copyFloats(g)
 	if err != nil {
@@ -122,7 +123,7 @@ func (p *Program) GradSquareSum(name string) ([]float32, error) {
 	}
 	a := p.gradSq[name]
 	if a == nil {
-		return make([]float32, prod(pr.shape)), nil
+		return make([]float32, constfold.Prod(pr.shape)), nil
 	}
 	v, err := copyFloats(a)
 	if err != nil {

@@ -11,6 +11,7 @@ import (
 	"github.com/sugarme/gotch/ts"
 
 	"github.com/sptctl/sptctl/onnxio/onnxpb"
+	"github.com/sptctl/sptctl/surgery/constfold"
 )
 
 // Conversions between Go memory and libtorch tensors, and gotch error handling.
@@ -58,7 +59,7 @@ func tensorFromData(ptr unsafe.Pointer, shape []int64, elt uint, kind gotch.DTyp
 
 // tensorFromFloats makes a float32 tensor of the given shape holding a copy of v.
 func tensorFromFloats(v []float32, shape []int64) (*ts.Tensor, error) {
-	if int64(len(v)) != prod(shape) {
+	if int64(len(v)) != constfold.Prod(shape) {
 		return nil, fmt.Errorf("%d values for shape %v", len(v), shape)
 	}
 	var one float32
@@ -71,7 +72,7 @@ func tensorFromFloats(v []float32, shape []int64) (*ts.Tensor, error) {
 
 // tensorFromInt64s makes an int64 tensor of the given shape holding a copy of v.
 func tensorFromInt64s(v []int64, shape []int64) (*ts.Tensor, error) {
-	if int64(len(v)) != prod(shape) {
+	if int64(len(v)) != constfold.Prod(shape) {
 		return nil, fmt.Errorf("%d values for shape %v", len(v), shape)
 	}
 	var one int64
@@ -84,34 +85,34 @@ func tensorFromInt64s(v []int64, shape []int64) (*ts.Tensor, error) {
 
 // tensorFromHost makes a libtorch tensor from a host value: FLOAT as float32, DOUBLE as
 // float64, BOOL as bool and every integer type as int64.
-func tensorFromHost(h *hostT) (*ts.Tensor, error) {
+func tensorFromHost(h *constfold.Tensor) (*ts.Tensor, error) {
 	switch {
-	case onnxpb.TensorProto_DataType(h.dtype) == onnxpb.TensorProto_DOUBLE:
+	case onnxpb.TensorProto_DataType(h.DType) == onnxpb.TensorProto_DOUBLE:
 		var one float64
 		p := unsafe.Pointer(&one)
-		if len(h.f) > 0 {
-			p = unsafe.Pointer(&h.f[0])
+		if len(h.F) > 0 {
+			p = unsafe.Pointer(&h.F[0])
 		}
-		return tensorFromData(p, h.shape, 8, gotch.Double)
-	case h.isFloat():
-		if onnxpb.TensorProto_DataType(h.dtype) != onnxpb.TensorProto_FLOAT {
-			return nil, fmt.Errorf("element type %s is not supported", typeName(h.dtype))
+		return tensorFromData(p, h.Shape, 8, gotch.Double)
+	case h.IsFloat():
+		if onnxpb.TensorProto_DataType(h.DType) != onnxpb.TensorProto_FLOAT {
+			return nil, fmt.Errorf("element type %s is not supported", constfold.TypeName(h.DType))
 		}
-		v := make([]float32, len(h.f))
-		for k, x := range h.f {
+		v := make([]float32, len(h.F))
+		for k, x := range h.F {
 			v[k] = float32(x)
 		}
-		return tensorFromFloats(v, h.shape)
-	case onnxpb.TensorProto_DataType(h.dtype) == onnxpb.TensorProto_BOOL:
-		v := make([]byte, len(h.i)+1)
-		for k, x := range h.i {
+		return tensorFromFloats(v, h.Shape)
+	case onnxpb.TensorProto_DataType(h.DType) == onnxpb.TensorProto_BOOL:
+		v := make([]byte, len(h.I)+1)
+		for k, x := range h.I {
 			if x != 0 {
 				v[k] = 1
 			}
 		}
-		return tensorFromData(unsafe.Pointer(&v[0]), h.shape, 1, gotch.Bool)
+		return tensorFromData(unsafe.Pointer(&v[0]), h.Shape, 1, gotch.Bool)
 	default:
-		return tensorFromInt64s(h.i, h.shape)
+		return tensorFromInt64s(h.I, h.Shape)
 	}
 }
 
@@ -140,14 +141,14 @@ func torchType(dt int32) (gotch.DType, error) {
 	case onnxpb.TensorProto_BOOL:
 		return gotch.Bool, nil
 	}
-	if isIntType(dt) {
+	if constfold.IsIntType(dt) {
 		return gotch.Int64, nil
 	}
-	return gotch.Invalid, fmt.Errorf("element type %s is not supported", typeName(dt))
+	return gotch.Invalid, fmt.Errorf("element type %s is not supported", constfold.TypeName(dt))
 }
 
 // hostFromTensor copies a (small) tensor into Go memory.
-func hostFromTensor(t *ts.Tensor) (*hostT, error) {
+func hostFromTensor(t *ts.Tensor) (*constfold.Tensor, error) {
 	shape, err := sizeOf(t)
 	if err != nil {
 		return nil, err
@@ -156,18 +157,18 @@ func hostFromTensor(t *ts.Tensor) (*hostT, error) {
 	if err != nil {
 		return nil, err
 	}
-	h := newHostLike(dt, shape)
-	n := uint(prod(shape))
+	h := constfold.Zeros(dt, shape)
+	n := uint(constfold.Prod(shape))
 	if n == 0 {
 		return h, nil
 	}
-	if h.isFloat() {
+	if h.IsFloat() {
 		d, err := t.Totype(gotch.Double, false)
 		if err != nil {
 			return nil, torchErr(err)
 		}
 		defer d.Drop()
-		if err := d.CopyData(h.f, n); err != nil {
+		if err := d.CopyData(h.F, n); err != nil {
 			return nil, torchErr(err)
 		}
 		return h, nil
@@ -177,7 +178,7 @@ func hostFromTensor(t *ts.Tensor) (*hostT, error) {
 		return nil, torchErr(err)
 	}
 	defer d.Drop()
-	if err := d.CopyData(h.i, n); err != nil {
+	if err := d.CopyData(h.I, n); err != nil {
 		return nil, torchErr(err)
 	}
 	return h, nil
@@ -189,7 +190,7 @@ func copyFloats(t *ts.Tensor) ([]float32, error) {
 	if err != nil {
 		return nil, err
 	}
-	n := prod(shape)
+	n := constfold.Prod(shape)
 	out := make([]float32, n)
 	if n == 0 {
 		return out, nil
