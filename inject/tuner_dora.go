@@ -38,6 +38,11 @@ const KindDoRA Kind = "dora"
 
 func (doraTuner) Kind() Kind { return KindDoRA }
 
+// Delta: the low-rank factors; the magnitude keeps its value (the base's column norms).
+func (doraTuner) Delta(p Part) bool { return p == PartA || p == PartB }
+
+func (doraTuner) FoldsIntoWeight() bool { return true }
+
 func (doraTuner) Params(t Target) int64 {
 	l := t.Layer
 	return int64(l.Rank)*int64(l.In+l.Out) + int64(l.Out)
@@ -158,19 +163,12 @@ func columnNorms(W Matrix) []float32 {
 // after the layer's sparse deltas), computed in float64.
 func (doraTuner) Fold(w *Weights, m Module) error {
 	l := m.Target.Layer
-	A, ad, err := w.trainedPart(m, PartA)
-	if err != nil {
-		return err
-	}
-	B, bd, err := w.trainedPart(m, PartB)
+	A, B, err := lowRankFactors(w, m)
 	if err != nil {
 		return err
 	}
 	mag, md, err := w.trainedPart(m, PartMagnitude)
 	if err != nil {
-		return err
-	}
-	if err := checkLowRank(l, ad, bd); err != nil {
 		return err
 	}
 	if !slices.Equal(md, []int64{int64(l.Out)}) {
@@ -183,13 +181,10 @@ func (doraTuner) Fold(w *Weights, m Module) error {
 	s, r := loraScaling(w.Plan), l.Rank
 	v := make([]float64, W.In)
 	for o := 0; o < W.Out; o++ {
+		lowRankRow(v, A, B, r, o)
 		var sq float64
 		for i := range v {
-			var d float64
-			for k := 0; k < r; k++ {
-				d += float64(B[o*r+k]) * float64(A[k*W.In+i])
-			}
-			v[i] = float64(W.Data[W.At(o, i)]) + s*d
+			v[i] = float64(W.Data[W.At(o, i)]) + s*v[i]
 			sq += v[i] * v[i]
 		}
 		f := float64(mag[o]) / math.Sqrt(sq)

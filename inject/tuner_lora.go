@@ -15,6 +15,10 @@ type loraTuner struct{}
 
 func (loraTuner) Kind() Kind { return KindLoRA }
 
+func (loraTuner) Delta(p Part) bool { return p == PartA || p == PartB }
+
+func (loraTuner) FoldsIntoWeight() bool { return true }
+
 func (loraTuner) Params(t Target) int64 {
 	l := t.Layer
 	return int64(l.Rank) * int64(l.In+l.Out)
@@ -48,15 +52,8 @@ func (loraTuner) Inject(b *Builder, t Target) error {
 
 func (loraTuner) Fold(w *Weights, m Module) error {
 	l := m.Target.Layer
-	A, ad, err := w.trainedPart(m, PartA)
+	A, B, err := lowRankFactors(w, m)
 	if err != nil {
-		return err
-	}
-	B, bd, err := w.trainedPart(m, PartB)
-	if err != nil {
-		return err
-	}
-	if err := checkLowRank(l, ad, bd); err != nil {
 		return err
 	}
 	W, err := w.Layer(l)
@@ -88,16 +85,44 @@ func checkLowRank(l *LayerPlan, ad, bd []int64) error {
 	return nil
 }
 
-// addLowRank adds scale·B·A (A [r, in], B [out, r]) to W, accumulating in float64.
+// lowRankFactors reads a trained module's A [r, in] and B [out, r] (LoRA's, DoRA's)
+// and checks them against its layer.
+func lowRankFactors(w *Weights, m Module) (A, B []float32, err error) {
+	A, ad, err := w.trainedPart(m, PartA)
+	if err != nil {
+		return nil, nil, err
+	}
+	B, bd, err := w.trainedPart(m, PartB)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := checkLowRank(m.Target.Layer, ad, bd); err != nil {
+		return nil, nil, err
+	}
+	return A, B, nil
+}
+
+// lowRankRow writes row o of B·A (A [r, len(dst)], B [·, r]) into dst, accumulating
+// in float64.
+func lowRankRow(dst []float64, A, B []float32, r, o int) {
+	in := len(dst)
+	for i := range dst {
+		var d float64
+		for k := 0; k < r; k++ {
+			d += float64(B[o*r+k]) * float64(A[k*in+i])
+		}
+		dst[i] = d
+	}
+}
+
+// addLowRank adds scale·B·A (A [r, in], B [out, r]) to W.
 func addLowRank(W Matrix, A, B []float32, r int, scale float64) {
+	d := make([]float64, W.In)
 	for o := 0; o < W.Out; o++ {
-		for i := 0; i < W.In; i++ {
-			var d float64
-			for k := 0; k < r; k++ {
-				d += float64(B[o*r+k]) * float64(A[k*W.In+i])
-			}
+		lowRankRow(d, A, B, r, o)
+		for i, x := range d {
 			at := W.At(o, i)
-			W.Data[at] = float32(float64(W.Data[at]) + scale*d)
+			W.Data[at] = float32(float64(W.Data[at]) + scale*x)
 		}
 	}
 }
