@@ -58,6 +58,14 @@ type Tuner interface {
 	Fold(w *Weights, m Module) error
 	// Fill writes one task's values for a module of an adapter-ready model.
 	Fill(f *Fill, m Module) error
+	// Delta says whether the tuner's tensor of part p is a delta whose zero leaves the
+	// base model's function unchanged (an adapter-ready model's inputs of such parts
+	// default to zero; the others keep the value inject gave them).
+	Delta(p Part) bool
+	// FoldsIntoWeight says whether Fold can apply the tuner's module on a layer to a
+	// weight alone (no nodes kept), so that a task with it fits an adapter-ready slot
+	// that trains the layer whole.
+	FoldsIntoWeight() bool
 }
 
 // registry lists the tuners; module tuners are the structured types allocate places
@@ -121,6 +129,9 @@ func moduleParams(typ Type, r, in, out int64) int64 {
 // ModuleParams is the parameter count of a module of type typ and rank r on an
 // in→out matrix (0 for an unknown type).
 func ModuleParams(typ Type, r, in, out int64) int64 { return moduleParams(typ, r, in, out) }
+
+// LayerTuner returns the tuner of a layer mode (ModeFull is the whole tuner).
+func LayerTuner(mode string) (Tuner, bool) { return TunerOf(layerKind(mode)) }
 
 // layerKind is the tuner of a layer mode (ModeFull is the whole tuner).
 func layerKind(mode string) Kind {

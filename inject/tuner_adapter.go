@@ -18,6 +18,13 @@ type adapterTuner struct{}
 
 func (adapterTuner) Kind() Kind { return KindAdapter }
 
+func (adapterTuner) Delta(p Part) bool {
+	return p == PartDown || p == PartDownBias || p == PartUp || p == PartUpBias
+}
+
+// FoldsIntoWeight is false: the Adapter's GELU keeps it as nodes.
+func (adapterTuner) FoldsIntoWeight() bool { return false }
+
 func (adapterTuner) Params(t Target) int64 {
 	l := t.Layer
 	return 2*int64(l.Rank)*int64(l.Out) + int64(l.Rank) + int64(l.Out)

@@ -21,6 +21,10 @@ type headTuner struct{}
 
 func (headTuner) Kind() Kind { return KindHead }
 
+func (headTuner) Delta(Part) bool { return false }
+
+func (headTuner) FoldsIntoWeight() bool { return true }
+
 func (headTuner) Params(t Target) int64 { return int64(t.Head.In+1) * int64(t.Head.Classes) }
 
 // Inject trains the model's head (KeepHead) or puts a new one in its place.

@@ -20,6 +20,10 @@ type sparseTuner struct{}
 
 func (sparseTuner) Kind() Kind { return KindSparse }
 
+func (sparseTuner) Delta(p Part) bool { return p == PartValues }
+
+func (sparseTuner) FoldsIntoWeight() bool { return true }
+
 func (sparseTuner) Params(t Target) int64 {
 	if t.Layer != nil {
 		return int64(len(t.Layer.Indices))

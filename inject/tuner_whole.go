@@ -14,6 +14,10 @@ type wholeTuner struct{}
 
 func (wholeTuner) Kind() Kind { return KindWhole }
 
+func (wholeTuner) Delta(Part) bool { return false }
+
+func (wholeTuner) FoldsIntoWeight() bool { return true }
+
 func (wholeTuner) Params(t Target) int64 {
 	switch {
 	case t.Layer != nil:

@@ -172,7 +172,7 @@ func BuildReady(base *onnxpb.ModelProto, tasks []*onnxpb.ModelProto) (*onnxpb.Mo
 			if err := onnxio.SetFloats(t, baseHead[r.Part]); err != nil {
 				return nil, fmt.Errorf("adapter-ready model: %w", err)
 			}
-		case isDelta(r.Part):
+		case isDelta(r.Tuner, r.Part):
 			if err := onnxio.SetFloats(t, make([]float32, onnxio.NumElements(t.Dims))); err != nil {
 				return nil, fmt.Errorf("adapter-ready model: %w", err)
 			}
@@ -190,15 +190,28 @@ func BuildReady(base *onnxpb.ModelProto, tasks []*onnxpb.ModelProto) (*onnxpb.Mo
 	return ready, nil
 }
 
-// isDelta reports whether a module tensor is a delta whose zero is "no change" (the
-// low-rank factors, the Adapter's tensors, sparse values); other tensors (whole
-// tensors, indices, a magnitude) keep the value inject gave them, the base's function.
-func isDelta(p inject.Part) bool {
-	switch p {
-	case inject.PartA, inject.PartB, inject.PartDown, inject.PartDownBias, inject.PartUp, inject.PartUpBias, inject.PartValues:
-		return true
+// use is how the tasks train one layer, for the union of their plans.
+type use struct {
+	modules map[string]string // module mode → a task using it, for errors
+	full    string            // a task training the layer whole
+}
+
+// kept is a module mode on the layer whose tuner cannot fold into a weight (it keeps
+// nodes: an Adapter), or "".
+func (u *use) kept() string {
+	for _, m := range slices.Sorted(maps.Keys(u.modules)) {
+		if t, ok := inject.LayerTuner(m); ok && !t.FoldsIntoWeight() {
+			return m
+		}
 	}
-	return false
+	return ""
+}
+
+// isDelta asks the tuner whether its tensor of part p is a delta whose zero is "no
+// change"; other tensors keep the value inject gave them, the base's function.
+func isDelta(k inject.Kind, p inject.Part) bool {
+	t, ok := inject.TunerOf(k)
+	return ok && t.Delta(p)
 }
 
 func valueInfo(t *onnxpb.TensorProto) *onnxpb.ValueInfoProto {
@@ -260,10 +273,6 @@ func unionPlan(plans []*inject.Plan, v *surgery.ViT) (*inject.Plan, error) {
 	classes := v.Head.Out
 	layerAt := map[string]int{}
 	vecAt := map[string]int{}
-	type use struct {
-		modules map[string]string // module mode → a task using it, for errors
-		full    string
-	}
 	uses := map[string]*use{}
 	for ti, p := range plans {
 		task := fmt.Sprintf("task %d", ti+1)
@@ -332,8 +341,8 @@ func unionPlan(plans []*inject.Plan, v *surgery.ViT) (*inject.Plan, error) {
 		case len(modes) > 1:
 			return nil, fmt.Errorf("layer %s has %s in %s and %s in %s: one adapter-ready graph cannot hold two module types on one layer; tune the tasks with the same --type, or serve them as merged models",
 				l.Name, modes[0], us.modules[modes[0]], modes[1], us.modules[modes[1]])
-		case us.full != "" && us.modules[inject.ModeAdapter] != "":
-			return nil, fmt.Errorf("layer %s is trained whole in %s and has an Adapter in %s: one adapter-ready graph cannot hold both (an Adapter does not fold into a weight)", l.Name, us.full, us.modules[inject.ModeAdapter])
+		case us.full != "" && us.kept() != "":
+			return nil, fmt.Errorf("layer %s is trained whole in %s and has a %s module in %s: one adapter-ready graph cannot hold both (the module does not fold into a weight)", l.Name, us.full, us.kept(), us.modules[us.kept()])
 		case us.full != "":
 			l.Mode, l.Rank, l.Indices = inject.ModeFull, 0, nil
 			l.Params = int64(l.In) * int64(l.Out)
@@ -354,8 +363,8 @@ func unionPlan(plans []*inject.Plan, v *surgery.ViT) (*inject.Plan, error) {
 		for j := range u.Layers {
 			o := &u.Layers[j]
 			if o.Weight == l.Weight && o.Mode != inject.ModeFull {
-				if uses[o.Name].modules[inject.ModeAdapter] != "" {
-					return nil, fmt.Errorf("layer %s has an Adapter while the fused weight it shares is trained whole", o.Name)
+				if m := uses[o.Name].kept(); m != "" {
+					return nil, fmt.Errorf("layer %s has a %s module while the fused weight it shares is trained whole (the module does not fold into a weight)", o.Name, m)
 				}
 				o.Mode, o.Rank, o.Indices = inject.ModeFull, 0, nil
 				o.Params = int64(o.In) * int64(o.Out)

@@ -99,6 +99,13 @@ func defaultTensor(t *onnxpb.TensorProto) (Tensor, error) {
 	return Tensor{Dims: slices.Clone(t.Dims), DataType: t.GetDataType(), Raw: slices.Clone(raw)}, nil
 }
 
+// foldsIntoWeight asks the tuner of a layer mode whether a weight trained whole can
+// express its module.
+func foldsIntoWeight(mode string) bool {
+	t, ok := inject.LayerTuner(mode)
+	return ok && t.FoldsIntoWeight()
+}
+
 // covered checks that every tensor the task tuned has a slot in the ready model.
 func covered(rp, tp *inject.Plan, info *ReadyInfo) error {
 	rebuild := "; rebuild the adapter-ready model with this task among its tasks"
@@ -115,7 +122,7 @@ func covered(rp, tp *inject.Plan, info *ReadyInfo) error {
 		if r == nil {
 			return fmt.Errorf("the task tunes layer %s, which the adapter-ready model has no slot for%s", l.Name, rebuild)
 		}
-		ok := r.Mode == inject.ModeFull && l.Mode != inject.ModeAdapter ||
+		ok := r.Mode == inject.ModeFull && foldsIntoWeight(l.Mode) ||
 			r.Mode == l.Mode && r.Rank >= l.Rank ||
 			l.Mode == inject.ModeSparse && r.Rank > 0
 		if !ok {
