@@ -153,7 +153,6 @@ func SidecarWith(m, base *onnxpb.ModelProto, dir, task string, opt SidecarOption
 	}
 	rep := &SidecarReport{Model: filepath.Join(dir, task+".onnx"), TaskData: filepath.Join(dir, task+".data"),
 		BaseData: filepath.Join(dir, BaseData), BaseBytes: bl.size}
-	basePath := filepath.Join(dir, BaseData)
 	existing, err := checkExistingBase(dir, bl)
 	if err != nil {
 		return nil, err
@@ -168,29 +167,90 @@ func SidecarWith(m, base *onnxpb.ModelProto, dir, task string, opt SidecarOption
 			st.abort()
 		}
 	}()
-	// base.data: beside the staged model, as a link to the existing file or new.
+	if rep.BaseWritten, err = stageBase(st, dir, bl, existing); err != nil {
+		return nil, err
+	}
+	taskData, model := task+".data", task+".onnx"
+	tensors, td, err := placeTensors(m, bl, taskData, rep)
+	if err != nil {
+		return nil, err
+	}
+	if err := onnxio.WriteFileAtomic(st.path(taskData), td.writeTo); err != nil {
+		return nil, fmt.Errorf("sidecar: write %s: %w", taskData, err)
+	}
+	if err := writeModel(st.path(model), m, tensors); err != nil {
+		return nil, fmt.Errorf("sidecar: write %s: %w", model, err)
+	}
+	if fi, err := os.Stat(st.path(model)); err == nil {
+		rep.ModelBytes = fi.Size()
+	}
+	if opt.Verify != nil {
+		if err := opt.Verify(st.path(model)); err != nil {
+			return nil, err
+		}
+	}
+	// Commit: base.data (only if new, never over an existing file), base.json, then the
+	// task's data and model.
+	if err := commitBase(st, dir, bl, rep.BaseWritten); err != nil {
+		return nil, err
+	}
+	if err := st.commit(taskData, model); err != nil {
+		return nil, fmt.Errorf("sidecar: %w", err)
+	}
+	ok = true
+	return rep, nil
+}
+
+// stageBase puts base.data beside the staged model: a link to the existing file, or
+// a new file (written reports which).
+func stageBase(st *stage, dir string, bl *baseLayout, existing bool) (written bool, err error) {
 	if existing {
-		if err := os.Link(basePath, st.path(BaseData)); err != nil {
+		if err := os.Link(filepath.Join(dir, BaseData), st.path(BaseData)); err != nil {
 			if err := os.Symlink(filepath.Join("..", BaseData), st.path(BaseData)); err != nil {
-				return nil, fmt.Errorf("sidecar: %w", err)
+				return false, fmt.Errorf("sidecar: %w", err)
 			}
 		}
-	} else {
-		if err := onnxio.WriteFileAtomic(st.path(BaseData), bl.writeTo); err != nil {
-			return nil, fmt.Errorf("sidecar: write %s: %w", BaseData, err)
-		}
-		rep.BaseWritten = true
+		return false, nil
 	}
-	// TASK.data and the tensors of TASK.onnx.
-	taskData := task + ".data"
+	if err := onnxio.WriteFileAtomic(st.path(BaseData), bl.writeTo); err != nil {
+		return false, fmt.Errorf("sidecar: write %s: %w", BaseData, err)
+	}
+	return true, nil
+}
+
+// taskTensors are the tensors of TASK.data and their offsets in it.
+type taskTensors struct {
+	list []*onnxpb.TensorProto
+	off  []int64
+}
+
+func (td *taskTensors) writeTo(w io.Writer) error {
+	var at int64
+	for i, t := range td.list {
+		raw, _ := onnxio.Bytes(t)
+		if _, err := w.Write(make([]byte, td.off[i]-at)); err != nil {
+			return err
+		}
+		if _, err := w.Write(raw); err != nil {
+			return err
+		}
+		at = td.off[i] + int64(len(raw))
+	}
+	return nil
+}
+
+// placeTensors decides where each initializer of m goes: inside TASK.onnx (small
+// integer tensors), into base.data (byte for byte the base's) or into TASK.data. It
+// returns the initializers TASK.onnx gets (external ones as headers) and the tensors of
+// TASK.data, and counts them in rep.
+func placeTensors(m *onnxpb.ModelProto, bl *baseLayout, taskData string, rep *SidecarReport) ([]*onnxpb.TensorProto, *taskTensors, error) {
 	var tensors []*onnxpb.TensorProto
-	var taskList []*onnxpb.TensorProto
-	var taskOff []int64
+	td := &taskTensors{}
 	var off int64
 	for _, t := range m.GetGraph().GetInitializer() {
 		raw, err := onnxio.Bytes(t)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		if len(raw) == 0 || (t.GetDataType() != onnxio.Float && len(raw) < inlineLimit) {
 			// Shape-like integer tensors stay in the model: shape inference reads them
@@ -205,78 +265,58 @@ func SidecarWith(m, base *onnxpb.ModelProto, dir, task string, opt SidecarOption
 			continue
 		}
 		off = alignUp(off, 64)
-		taskList, taskOff = append(taskList, t), append(taskOff, off)
+		td.list, td.off = append(td.list, t), append(td.off, off)
 		tensors = append(tensors, external(t, taskData, off, int64(len(raw))))
 		off += int64(len(raw))
 		rep.TaskTensors++
 		rep.TaskParams += onnxio.NumElements(t.Dims)
 	}
-	err = onnxio.WriteFileAtomic(st.path(taskData), func(w io.Writer) error {
-		var at int64
-		for i, t := range taskList {
-			raw, _ := onnxio.Bytes(t)
-			if _, err := w.Write(make([]byte, taskOff[i]-at)); err != nil {
-				return err
-			}
-			if _, err := w.Write(raw); err != nil {
-				return err
-			}
-			at = taskOff[i] + int64(len(raw))
-		}
-		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("sidecar: write %s: %w", taskData, err)
-	}
 	rep.TaskBytes = off
+	return tensors, td, nil
+}
+
+// writeModel writes m with the given initializers in place of its own (m is left as
+// it was).
+func writeModel(path string, m *onnxpb.ModelProto, tensors []*onnxpb.TensorProto) error {
 	g := m.GetGraph()
 	saved := g.Initializer
 	g.Initializer = tensors
-	err = onnxio.WriteFileAtomic(st.path(task+".onnx"), func(w io.Writer) error { return onnxio.EncodeTo(w, m) })
+	defer func() { g.Initializer = saved }()
+	err := onnxio.WriteFileAtomic(path, func(w io.Writer) error { return onnxio.EncodeTo(w, m) })
 	if n := proto.Size(m); err == nil && n > onnxio.MaxProtoSize {
 		err = fmt.Errorf("the graph is %d bytes even without its tensors, over the 2 GiB protobuf limit", n)
 	}
-	g.Initializer = saved
-	if err != nil {
-		return nil, fmt.Errorf("sidecar: write %s.onnx: %w", task, err)
-	}
-	if fi, err := os.Stat(st.path(task + ".onnx")); err == nil {
-		rep.ModelBytes = fi.Size()
-	}
-	if opt.Verify != nil {
-		if err := opt.Verify(st.path(task + ".onnx")); err != nil {
-			return nil, err
-		}
-	}
-	// Commit: base.data (only if new, never over an existing file), base.json, then the
-	// task's data and model.
-	if rep.BaseWritten {
-		if err := os.Link(st.path(BaseData), basePath); err != nil {
-			if errors.Is(err, os.ErrExist) {
-				return nil, fmt.Errorf("sidecar: %s appeared while exporting; export again", basePath)
-			}
-			return nil, fmt.Errorf("sidecar: %w", err)
-		}
-		info, _ := json.MarshalIndent(bl.info(), "", "  ")
-		if err := onnxio.WriteFileAtomic(filepath.Join(dir, BaseJSON), func(w io.Writer) error {
-			_, err := w.Write(append(info, '\n'))
-			return err
-		}); err != nil {
-			os.Remove(basePath)
-			return nil, fmt.Errorf("sidecar: %w", err)
-		}
-	} else if _, err := os.Stat(filepath.Join(dir, BaseJSON)); err != nil {
-		info, _ := json.MarshalIndent(bl.info(), "", "  ")
-		_ = onnxio.WriteFileAtomic(filepath.Join(dir, BaseJSON), func(w io.Writer) error {
+	return err
+}
+
+// commitBase links a newly written base.data into dir (never over an existing file)
+// and writes base.json; for a reused base.data it writes base.json only if missing.
+func commitBase(st *stage, dir string, bl *baseLayout, written bool) error {
+	basePath, jsonPath := filepath.Join(dir, BaseData), filepath.Join(dir, BaseJSON)
+	info, _ := json.MarshalIndent(bl.info(), "", "  ")
+	writeInfo := func() error {
+		return onnxio.WriteFileAtomic(jsonPath, func(w io.Writer) error {
 			_, err := w.Write(append(info, '\n'))
 			return err
 		})
 	}
-	if err := st.commit(taskData, task+".onnx"); err != nil {
-		return nil, fmt.Errorf("sidecar: %w", err)
+	if !written {
+		if _, err := os.Stat(jsonPath); err != nil {
+			_ = writeInfo()
+		}
+		return nil
 	}
-	ok = true
-	return rep, nil
+	if err := os.Link(st.path(BaseData), basePath); err != nil {
+		if errors.Is(err, os.ErrExist) {
+			return fmt.Errorf("sidecar: %s appeared while exporting; export again", basePath)
+		}
+		return fmt.Errorf("sidecar: %w", err)
+	}
+	if err := writeInfo(); err != nil {
+		os.Remove(basePath)
+		return fmt.Errorf("sidecar: %w", err)
+	}
+	return nil
 }
 
 func alignUp(off, align int64) int64 { return (off + align - 1) / align * align }
