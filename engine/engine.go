@@ -16,6 +16,13 @@ type Options struct {
 	NoFusion bool
 	// Precision of matrix products and convolutions (see Precision); FP32 by default.
 	Precision Precision
+	// SquareGrads makes a Program for sensitivity scoring, which needs Σ grad² per
+	// weight and not the gradients: ForwardBackward adds the square of each trainable
+	// initializer's gradient of the batch to its running sum as soon as backward has
+	// produced it, and frees the gradient, so the gradients of the whole model never
+	// exist at once. Grad then gives zeros and AddGradSquares has nothing to add;
+	// GradSquareSum reads the sums.
+	SquareGrads bool
 }
 
 // IO describes a graph input or output.

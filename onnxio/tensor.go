@@ -208,6 +208,17 @@ func SetFloats(t *onnxpb.TensorProto, v []float32) error {
 	return nil
 }
 
+// DropData removes the values of g's initializers (raw_data and the typed fields),
+// keeping their names, types and shapes, so that the memory they hold (for a loaded
+// model, the file's bytes, which every raw_data shares) can be freed. For callers
+// that have handed the weights on (to the executor) and need only the graph.
+func DropData(g *onnxpb.GraphProto) {
+	for _, t := range g.GetInitializer() {
+		t.RawData, t.FloatData, t.DoubleData = nil, nil, nil
+		t.Int32Data, t.Int64Data, t.Uint64Data, t.StringData = nil, nil, nil, nil
+	}
+}
+
 // Int64s returns a copy of an int64 tensor's values.
 func Int64s(t *onnxpb.TensorProto) ([]int64, error) {
 	if t.GetDataType() != Int64 {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime/debug"
 
 	"github.com/sptctl/sptctl/data"
 	"github.com/sptctl/sptctl/engine"
@@ -30,6 +31,13 @@ type Options struct {
 	// HeadSeeds averages the scores of that many random heads (HeadRandom only; 0: 1).
 	HeadSeeds int
 	Probe     ProbeOptions // HeadProbe and HeadZeroMean
+	// ReleaseWeights gives m's weights up: once the last scoring program is compiled
+	// (the executor holds its own copy), Compute drops the data of m's initializers
+	// and returns the memory to the system, so a large model's file bytes are not
+	// kept while the batches run. m keeps its graph and its initializers' names,
+	// types and shapes (what Write and Summarize read). For callers done with the
+	// weights, as the sensitivity command; tune, which goes on to inject, is not.
+	ReleaseWeights bool
 }
 
 // Compute scores the sensitivity of every weight of m's transformer blocks for a task:
@@ -89,7 +97,8 @@ func Compute(ctx context.Context, e engine.Engine, m *onnxpb.ModelProto, split *
 	var scores Scores
 	for k := 0; k < heads; k++ {
 		var n Info
-		s, err := scoreThrough(ctx, e, m, split, pre, opt, headSeed(opt.HeadSeed, k), values, &n, func(done, total int) {
+		release := opt.ReleaseWeights && k == heads-1
+		s, err := scoreThrough(ctx, e, m, split, pre, opt, headSeed(opt.HeadSeed, k), values, release, &n, func(done, total int) {
 			if progress != nil {
 				progress(k*total+done, heads*total)
 			}
@@ -121,8 +130,9 @@ func Compute(ctx context.Context, e engine.Engine, m *onnxpb.ModelProto, split *
 }
 
 // scoreThrough accumulates Σ grad² of the scored initializers over the scoring
-// batches through one head: values if not nil, else HeadInit with headSeed.
-func scoreThrough(ctx context.Context, e engine.Engine, m *onnxpb.ModelProto, split *data.Split, pre meta.Preprocess, opt Options, headSeed int64, values *inject.HeadValues, info *Info, progress func(done, total int)) (Scores, error) {
+// batches through one head: values if not nil, else HeadInit with headSeed. With
+// release, m's initializer data is dropped once the program is compiled.
+func scoreThrough(ctx context.Context, e engine.Engine, m *onnxpb.ModelProto, split *data.Split, pre meta.Preprocess, opt Options, headSeed int64, values *inject.HeadValues, release bool, info *Info, progress func(done, total int)) (Scores, error) {
 	scoring, targets, err := scoringModel(m, opt.Classes, headSeed, opt.Head, values)
 	if err != nil {
 		return nil, err
@@ -130,13 +140,17 @@ func scoreThrough(ctx context.Context, e engine.Engine, m *onnxpb.ModelProto, sp
 	var prog engine.Program
 	if err := e.Do(func() error {
 		var err error
-		prog, err = e.Compile(scoring, engine.Options{Trainable: targets})
+		prog, err = e.Compile(scoring, engine.Options{Trainable: targets, SquareGrads: true})
 		return err
 	}); err != nil {
 		return nil, fmt.Errorf("sensitivity: %w", err)
 	}
 	scoring = nil // compiled: the executor holds the weights now
 	defer e.Do(func() error { prog.Close(); return nil })
+	if release {
+		onnxio.DropData(m.GetGraph())
+		debug.FreeOSMemory()
+	}
 
 	if err := accumulate(ctx, e, prog, split, pre, opt, info, progress); err != nil {
 		return nil, err

@@ -19,6 +19,7 @@ import (
 	"github.com/sptctl/sptctl/internal/fixture"
 	"github.com/sptctl/sptctl/internal/npy"
 	"github.com/sptctl/sptctl/onnxio"
+	"github.com/sptctl/sptctl/onnxio/onnxpb"
 	"github.com/sptctl/sptctl/surgery"
 )
 
@@ -124,3 +125,52 @@ func TestComputeMatchesPyTorch(t *testing.T) {
 }
 
 func itoa(i int) string { return strconv.Itoa(i) }
+
+// TestReleaseWeights: with ReleaseWeights the scores are the same, and the model keeps
+// its initializers' names and shapes but no data.
+func TestReleaseWeights(t *testing.T) {
+	const fx = "tv_op14_static"
+	task := filepath.Join(t.TempDir(), "task")
+	ds := fixture.OpenFewShot(t, data.FewShotOptions{Classes: []int{0, 1, 2}, Train: 16, Val: 0, Test: 3, Seed: 1, Out: task})
+	split, _ := ds.Split("train")
+	pre := data.DefaultPreprocess(1, 28, 28)
+	w := torch.NewWorker()
+	defer w.Close()
+	var scores [2]Scores
+	var models [2]*onnxpb.ModelProto
+	for k, release := range []bool{false, true} {
+		m, err := onnxio.Load("../testdata/" + fx + ".onnx")
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, _, err := Compute(context.Background(), w, m, split, pre,
+			Options{Batches: 2, BatchSize: 4, Classes: 3, HeadSeed: 5, ReleaseWeights: release}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		scores[k], models[k] = s, m
+	}
+	for name, want := range scores[0] {
+		got := scores[1][name]
+		if len(got) != len(want) {
+			t.Fatalf("%s: %d scores, want %d", name, len(got), len(want))
+		}
+		for i := range want {
+			if got[i] != want[i] {
+				t.Fatalf("%s[%d]: %g with ReleaseWeights, %g without", name, i, got[i], want[i])
+			}
+		}
+	}
+	kept, dropped := models[0].GetGraph().GetInitializer(), models[1].GetGraph().GetInitializer()
+	for i, ini := range dropped {
+		if ini.GetName() != kept[i].GetName() || len(ini.GetDims()) != len(kept[i].GetDims()) {
+			t.Fatalf("initializer %d: %q %v, want %q %v", i, ini.GetName(), ini.GetDims(), kept[i].GetName(), kept[i].GetDims())
+		}
+		if len(ini.GetRawData()) != 0 || len(ini.GetFloatData()) != 0 || len(ini.GetInt64Data()) != 0 {
+			t.Fatalf("initializer %q kept its data", ini.GetName())
+		}
+	}
+	if len(kept) > 0 && len(kept[0].GetRawData())+len(kept[0].GetFloatData())+len(kept[0].GetInt64Data()) == 0 {
+		t.Fatal("without ReleaseWeights the model lost its data")
+	}
+}

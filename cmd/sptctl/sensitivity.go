@@ -94,7 +94,8 @@ func runSensitivity(c *cli.Context) (*sensitivityReport, error) {
 	defer w.Close()
 	a := sensitivityArgs{
 		Opt: sensitivity.Options{Batches: c.Int("batches"), BatchSize: c.Int("batch-size"), Classes: classes,
-			HeadSeed: c.Int64("head-seed"), Seed: c.Int64("seed"), Head: c.String("head"), HeadSeeds: c.Int("head-seeds")},
+			HeadSeed: c.Int64("head-seed"), Seed: c.Int64("seed"), Head: c.String("head"), HeadSeeds: c.Int("head-seeds"),
+			ReleaseWeights: true}, // the command needs m's names and shapes only after compiling
 		Top: c.Float64("top"), Out: c.String("out"), Plot: c.String("plot"), Data: c.String("data")}
 	r, _, err := scoreSensitivity(ctx, c.App.ErrWriter, cs.engine(w), m, v, split, pre, a)
 	if err != nil && ctx.Err() != nil {

@@ -54,7 +54,13 @@ func (p *Program) ForwardBackward(images []float32, labels []int64, n int) (*eng
 		return nil, torchErr(err)
 	}
 	defer ts.GradSetEnabled(prev)
-	return p.batches(images, labels, n, true)
+	res, err := p.batches(images, labels, n, true)
+	if p.squares != nil {
+		// Sensitivity runs few, large batches and then copies its sums out: give
+		// the activations' memory back rather than keep it under what comes next.
+		releaseFreeMemory()
+	}
+	return res, err
 }
 
 // Forward runs the graph in eval mode (no gradients, no dropout) on n images and
@@ -116,7 +122,11 @@ func (p *Program) batches(images []float32, labels []int64, n int, train bool) (
 			}
 		}
 		res.Runs++
+		// SquareGrads: the hooks square the batch's gradient once, when the last
+		// micro-batch's backward has added its share.
+		p.squares.arm(train && off+chunk >= n)
 		err = p.consume(res, logits, labels, off, m, b, n, train, lab)
+		p.squares.arm(false)
 		logits.Drop()
 		if err != nil {
 			return nil, err

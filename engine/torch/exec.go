@@ -48,6 +48,7 @@ type Program struct {
 	trainable []string
 	hostCache map[*constfold.Tensor]*ts.Tensor // libtorch copies of static host values
 	gradSq    map[string]*ts.Tensor            // AddGradSquares' running sums
+	squares   *gradSquares                     // Options.SquareGrads: the hooks that fill gradSq
 	precision engine.Precision
 	closed    bool
 }
@@ -204,6 +205,11 @@ func Compile(m *onnxpb.ModelProto, opt engine.Options) (p *Program, err error) {
 	for _, n := range opt.Trainable {
 		if _, ok := p.params[n]; !ok {
 			return nil, fmt.Errorf("compile: trainable %q is not a float initializer of the graph", n)
+		}
+	}
+	if opt.SquareGrads {
+		if err := p.hookGradSquares(); err != nil {
+			return nil, fmt.Errorf("compile: %w", err)
 		}
 	}
 
@@ -599,6 +605,8 @@ func (p *Program) Close() {
 		return
 	}
 	p.closed = true
+	p.squares.close()
+	p.squares = nil
 	for id, v := range p.static {
 		if v.t != nil && !p.isParam[id] {
 			v.t.Drop()
@@ -617,4 +625,5 @@ func (p *Program) Close() {
 	p.static = nil
 	p.params = map[string]*param{}
 	p.hostCache = nil
+	releaseFreeMemory()
 }

@@ -83,7 +83,8 @@ func (p *Program) gradTensor(name string) (*ts.Tensor, error) {
 // AddGradSquares adds the square of every trainable initializer's gradient to its
 // running sum, kept in libtorch memory (copying every gradient out per batch doubled
 // the memory of sensitivity scoring on vit_b_16). Initializers backward has not
-// reached add nothing.
+// reached add nothing; with Options.SquareGrads backward has added them already and
+// freed the gradients, so nothing is left to add.
 func (p *Program) AddGradSquares() error {
 	if p.gradSq == nil {
 		p.gradSq = map[string]*ts.Tensor{}
