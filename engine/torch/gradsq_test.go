@@ -4,6 +4,7 @@ import (
 	"testing"
 
 	"github.com/sptctl/sptctl/engine"
+	"github.com/sptctl/sptctl/onnxio"
 )
 
 // TestSquareGradsMatchesGrads: a Program compiled with SquareGrads keeps no gradient
@@ -14,7 +15,7 @@ func TestSquareGradsMatchesGrads(t *testing.T) {
 	for _, fx := range []string{"tv_op17_dynamic", "tv_op14_static"} {
 		t.Run(fx, func(t *testing.T) {
 			m, x, _ := loadFixture(t, fx)
-			per := int(prod(x.Shape[1:]))
+			per := int(onnxio.NumElements(x.Shape[1:]))
 			// 3 images: two batches of them, the second with other labels.
 			imgs := append(append([]float32{}, x.Float32...), x.Float32[:per]...)
 			labels := [][]int64{{1, 4, 7}, {9, 0, 3}}
