@@ -320,6 +320,34 @@ func (p *Program) setStatic(id int, v value) {
 var noFold = map[string]bool{"Dropout": true, "RandomNormal": true, "RandomUniform": true,
 	"RandomNormalLike": true, "RandomUniformLike": true, "Bernoulli": true}
 
+// maxFoldedFill is the largest ConstantOfShape output (elements) folded at compile
+// time. Larger fills (the zeros of a sparse delta's ScatterND when it is not fused,
+// as with NoFusion) are made at run time and freed after their last use instead of
+// being held for the Program's life.
+const maxFoldedFill = 4096
+
+// bigFill reports whether n is a ConstantOfShape whose (constant) shape asks for more
+// than maxFoldedFill elements.
+func bigFill(op string, static []value) bool {
+	if op != "ConstantOfShape" || len(static) == 0 || static[0].h == nil {
+		return false
+	}
+	dims := static[0].h.Ints()
+	for _, d := range dims {
+		if d <= 0 {
+			return false // empty, or negative (the kernel reports it)
+		}
+	}
+	n := int64(1)
+	for _, d := range dims {
+		if d > maxFoldedFill/n {
+			return true
+		}
+		n *= d
+	}
+	return false
+}
+
 // compileNode adds n's step (or folds it); mk overrides the op's kernel (fusions).
 func (p *Program) compileNode(n *onnxpb.NodeProto, mk opFunc) error {
 	name, op := n.GetName(), n.GetOpType()
@@ -379,7 +407,7 @@ func (p *Program) compileNode(n *onnxpb.NodeProto, mk opFunc) error {
 		p.isParam[s.out[0]] = p.isParam[s.in[0]]
 		return nil
 	}
-	if allStatic && !anyParam && !noFold[op] {
+	if allStatic && !anyParam && !noFold[op] && !bigFill(op, c.static) {
 		r := &runCtx{p: p}
 		ins := make([]value, len(s.in))
 		for k, id := range s.in {

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/sptctl/sptctl/engine"
+	"github.com/sptctl/sptctl/onnxio"
 	"github.com/sptctl/sptctl/inject"
 	"github.com/sptctl/sptctl/internal/fixture"
 	"github.com/sptctl/sptctl/internal/fixture/injected"
@@ -68,6 +69,8 @@ func TestSparseLinearFusion(t *testing.T) {
 				res   *engine.StepResult
 				grads map[string][]float32
 				fused int
+				fills int // ConstantOfShape steps run at run time
+				big   int // folded constants (not weights) over maxFoldedFill elements
 			}
 			run := func(noFusion bool) result {
 				var out result
@@ -80,6 +83,16 @@ func TestSparseLinearFusion(t *testing.T) {
 					for _, s := range prog.steps {
 						if strings.HasPrefix(s.op, "SparseLinear") {
 							out.fused++
+						}
+						if s.op == "ConstantOfShape" {
+							out.fills++
+						}
+					}
+					for id, v := range prog.static {
+						if v.t != nil && !prog.isParam[id] {
+							if sh, err := sizeOf(v.t); err == nil && onnxio.NumElements(sh) > maxFoldedFill {
+								out.big++
+							}
 						}
 					}
 					if out.res, err = prog.ForwardBackward(images, labels, n); err != nil {
@@ -101,6 +114,10 @@ func TestSparseLinearFusion(t *testing.T) {
 			}
 			if plain.fused != 0 {
 				t.Errorf("NoFusion compiled %d sparse-delta linear steps", plain.fused)
+			}
+			// Unfused, the deltas' zeros are made at run time, not held as constants.
+			if plain.fills == 0 || plain.big != 0 || fused.big != 0 {
+				t.Errorf("NoFusion: %d ConstantOfShape steps, %d large folded constants (fused: %d)", plain.fills, plain.big, fused.big)
 			}
 			if abs, rel := maxDiff(fused.res.Logits, plain.res.Logits); rel > 1e-5 {
 				t.Errorf("logits: max abs %.3g, rel %.3g", abs, rel)

@@ -94,7 +94,7 @@ func opConstantOfShape(c *nodeCtx) (kernel, error) {
 			return nil, err
 		}
 		shape := sh.Ints()
-		if !fillV.IsFloat() || constfold.Prod(shape) <= 4096 || len(shape) == 0 {
+		if !fillV.IsFloat() || constfold.Prod(shape) <= maxFoldedFill || len(shape) == 0 {
 			return hostOne(constfold.Fill(fillV, shape))
 		}
 		for _, d := range shape {
