@@ -6,11 +6,11 @@ import (
 	"testing"
 
 	"github.com/sptctl/sptctl/engine"
-	"github.com/sptctl/sptctl/onnxio"
 	"github.com/sptctl/sptctl/inject"
 	"github.com/sptctl/sptctl/internal/fixture"
 	"github.com/sptctl/sptctl/internal/fixture/injected"
 	"github.com/sptctl/sptctl/internal/meta"
+	"github.com/sptctl/sptctl/onnxio"
 	"github.com/sptctl/sptctl/surgery"
 )
 
