@@ -164,7 +164,18 @@ struct SparseDeltaAdd : public Function<SparseDeltaAdd> {
                                at::TensorList vals, at::TensorList pairs) {
     const int64_t out = y.size(-1), in = x.size(-1);
     auto xc = x.to(at::kFloat).contiguous();
-    auto res = y.to(at::kFloat).clone(at::MemoryFormat::Contiguous);
+    // The sum goes into y itself when it is a contiguous float tensor (the fused linear's
+    // fresh output: no copy of it); else into a float copy (y in bfloat16 under autocast).
+    at::Tensor res;
+    if (y.scalar_type() == at::kFloat && y.is_contiguous()) {
+      ctx->mark_dirty({y});
+      res = y;
+    } else {
+      res = y.to(at::kFloat).contiguous();
+      if (res.is_same(y)) {
+        res = res.clone();
+      }
+    }
     const int64_t rows = in == 0 ? 0 : xc.numel() / in;
     std::vector<at::Tensor> prs, vs;
     for (size_t p = 0; p < vals.size(); p++) {
@@ -173,39 +184,47 @@ struct SparseDeltaAdd : public Function<SparseDeltaAdd> {
     }
     Slots sl = makeSlots(prs, out, in);
     const int64_t nc = sl.cols.size(), no = sl.outs.size();
+    // The backward needs x only at the entries' columns: the forward's transposed tiles
+    // of those columns are kept ([tiles, nc, kTile]), not x.
+    auto xt = at::empty({tiles(rows), nc, kTile}, xc.options());
     const float *xp = xc.data_ptr<float>();
-    float *rp = res.data_ptr<float>();
+    float *rp = res.data_ptr<float>(), *xtp = xt.data_ptr<float>();
     at::parallel_for(0, tiles(rows), 1, [&](int64_t b, int64_t e) {
-      std::vector<float> xs(nc * kTile), ys(no * kTile);
+      std::vector<float> ys(no * kTile);
       for (int64_t tile = b; tile < e; tile++) {
         const int64_t t0 = tile * kTile, tb = std::min(kTile, rows - t0);
-        gather(xs.data(), xp, in, sl.cols, t0, tb);
+        float *xs = xtp + tile * nc * kTile;
+        gather(xs, xp, in, sl.cols, t0, tb);
         std::fill(ys.begin(), ys.end(), 0.0f);
         for (size_t p = 0; p < vs.size(); p++) {
-          axpyT(ys.data(), xs.data(), sl.pairs[p].data_ptr<int32_t>(), 0, vs[p].data_ptr<float>(), vs[p].numel());
+          axpyT(ys.data(), xs, sl.pairs[p].data_ptr<int32_t>(), 0, vs[p].data_ptr<float>(), vs[p].numel());
         }
         scatterAdd(rp, ys.data(), out, sl.outs, t0, tb);
       }
     });
-    std::vector<at::Tensor> save{xc, indexTensor(sl.cols), indexTensor(sl.outs)};
+    std::vector<at::Tensor> save{xt, indexTensor(sl.cols), indexTensor(sl.outs)};
     for (size_t p = 0; p < vs.size(); p++) {
       save.push_back(vs[p]);
       save.push_back(sl.pairs[p]);
     }
     ctx->save_for_backward(save);
+    ctx->saved_data["x_sizes"] = x.sizes().vec();
     ctx->saved_data["x_dtype"] = static_cast<int64_t>(x.scalar_type());
     ctx->saved_data["y_dtype"] = static_cast<int64_t>(y.scalar_type());
-    return {res};
+    // In y's dtype, as the unfused linear over W + S gives under autocast: what follows
+    // stays in bfloat16.
+    return {res.scalar_type() == y.scalar_type() ? res : res.to(y.scalar_type())};
   }
 
   static variable_list backward(AutogradContext *ctx, variable_list grad) {
     auto saved = ctx->get_saved_variables();
-    auto xc = saved[0];
+    const auto xt = saved[0];
     const auto cols = indexVector(saved[1]), outs = indexVector(saved[2]);
     const size_t parts = (saved.size() - 3) / 2;
     auto g = grad[0].to(at::kFloat).contiguous();
-    const int64_t out = g.size(-1), in = xc.size(-1);
-    const int64_t rows = in == 0 ? 0 : xc.numel() / in;
+    const auto xSizes = ctx->saved_data["x_sizes"].toIntVector();
+    const int64_t out = g.size(-1), in = xSizes.back();
+    const int64_t rows = in == 0 ? 0 : g.numel() / std::max<int64_t>(out, 1);
     const int64_t nc = cols.size(), no = outs.size();
     const auto xType = static_cast<at::ScalarType>(ctx->saved_data["x_dtype"].toInt());
     const auto yType = static_cast<at::ScalarType>(ctx->saved_data["y_dtype"].toInt());
@@ -216,20 +235,20 @@ struct SparseDeltaAdd : public Function<SparseDeltaAdd> {
       wantDV[p] = ctx->needs_input_grad(2 + p);
       off[p + 1] = off[p] + saved[3 + 2 * p].numel();
     }
-    at::Tensor dx = wantDX ? at::zeros_like(xc) : at::Tensor();
+    at::Tensor dx = wantDX ? at::zeros(xSizes, g.options()) : at::Tensor();
     // ∂/∂v_k = Σ_t x[t, i_k] g[t, o_k]: each thread sums its tiles into its own row of
     // partial, then the rows are summed.
     const int64_t threads = at::get_num_threads();
-    auto partial = at::zeros({threads, off[parts]}, xc.options());
-    const float *xp = xc.data_ptr<float>(), *gp = g.data_ptr<float>();
+    auto partial = at::zeros({threads, off[parts]}, g.options());
+    const float *xtp = xt.data_ptr<float>(), *gp = g.data_ptr<float>();
     float *dp = wantDX ? dx.data_ptr<float>() : nullptr;
     float *acc0 = partial.data_ptr<float>();
     at::parallel_for(0, tiles(rows), 1, [&](int64_t b, int64_t e) {
-      std::vector<float> xs(nc * kTile), gs(no * kTile), dxs(wantDX ? nc * kTile : 0);
+      std::vector<float> gs(no * kTile), dxs(wantDX ? nc * kTile : 0);
       float *acc = acc0 + at::get_thread_num() * off[parts];
       for (int64_t tile = b; tile < e; tile++) {
         const int64_t t0 = tile * kTile, tb = std::min(kTile, rows - t0);
-        gather(xs.data(), xp, in, cols, t0, tb);
+        const float *xs = xtp + tile * nc * kTile;
         gather(gs.data(), gp, out, outs, t0, tb);
         if (wantDX) {
           std::fill(dxs.begin(), dxs.end(), 0.0f);
@@ -241,7 +260,7 @@ struct SparseDeltaAdd : public Function<SparseDeltaAdd> {
             axpyT(dxs.data(), gs.data(), sp, 1, v.data_ptr<float>(), v.numel());
           }
           if (wantDV[p]) {
-            dotT(acc + off[p], xs.data(), gs.data(), sp, v.numel());
+            dotT(acc + off[p], xs, gs.data(), sp, v.numel());
           }
         }
         if (wantDX) {
