@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/sptctl/sptctl/data"
@@ -59,11 +60,28 @@ func TestProbeHead(t *testing.T) {
 	if f.Metadata["head"] != "probe" || f.Metadata["head_seeds"] != "1" {
 		t.Errorf("score file metadata %v", f.Metadata)
 	}
-	// Another head seed gives another random head and other scores; the paper's rule
-	// is still the default and is recorded too.
-	s3, info3 := score(filepath.Join(dir, "s3.safetensors"))
+	// The probe is the default: no --head gives the same scores and head.
+	s0, info0 := score(filepath.Join(dir, "s0.safetensors"))
+	if info0.Head != inject.HeadProbe || info0.HeadValues == nil || !slices.Equal(info0.HeadValues.Weight, info.HeadValues.Weight) {
+		t.Errorf("default head: info %+v, want the probe", info0)
+	}
+	for name, a := range s1 {
+		if !slices.Equal(a, s0[name]) {
+			t.Fatalf("%s: the default head's scores differ from --head probe's", name)
+		}
+	}
+	// The paper's random head gives other scores and is recorded too; --head-seeds K
+	// without --head averages K random heads.
+	s3, info3 := score(filepath.Join(dir, "s3.safetensors"), "--head", "random")
 	if info3.Head != inject.HeadRandom || info3.HeadValues != nil {
-		t.Errorf("default head: info %+v", info3)
+		t.Errorf("--head random: info %+v", info3)
+	}
+	if _, info4 := score(filepath.Join(dir, "s4.safetensors"), "--head-seeds", "2"); info4.Head != inject.HeadRandom || info4.HeadSeeds != 2 {
+		t.Errorf("--head-seeds 2 alone: info %+v, want 2 random heads", info4)
+	}
+	if code, _, stderr := sptctl(t, "sensitivity", "--model", model, "--data", task, "--head", "probe", "--head-seeds", "2",
+		"--out", filepath.Join(dir, "s5.safetensors")); code != 2 || !strings.Contains(stderr, "--head-seeds") {
+		t.Errorf("--head probe --head-seeds 2: exit %d, %q; want a usage error", code, stderr)
 	}
 	same := true
 	for name, a := range s1 {

@@ -31,8 +31,8 @@ func sensitivityCommand() *cli.Command {
 			&cli.IntFlag{Name: "batches", Usage: "batches to accumulate", Value: 16},
 			&cli.IntFlag{Name: "batch-size", Usage: "images per batch", Value: 32},
 			&cli.IntFlag{Name: "classes", Usage: "task classes (default: from the data)"},
-			&cli.StringFlag{Name: "head", Usage: "head the gradients flow through: random | probe | zero-mean", Value: defaultHead},
-			&cli.IntFlag{Name: "head-seeds", Usage: "average the scores of this many random heads (--head random)", Value: 1},
+			&cli.StringFlag{Name: "head", Usage: "head the gradients flow through: probe | random | zero-mean", Value: defaultHead},
+			&cli.IntFlag{Name: "head-seeds", Usage: "average the scores of this many random heads (implies --head random)", Value: 1},
 			&cli.Int64Flag{Name: "head-seed", Usage: "seed of the task head (inject reuses it) or of the probe"},
 			&cli.Int64Flag{Name: "seed", Usage: "seed of the batch order"},
 			&cli.StringFlag{Name: "out", Usage: "score file to write", Value: "scores.safetensors"},
@@ -94,7 +94,7 @@ func runSensitivity(c *cli.Context) (*sensitivityReport, error) {
 	defer w.Close()
 	a := sensitivityArgs{
 		Opt: sensitivity.Options{Batches: c.Int("batches"), BatchSize: c.Int("batch-size"), Classes: classes,
-			HeadSeed: c.Int64("head-seed"), Seed: c.Int64("seed"), Head: c.String("head"), HeadSeeds: c.Int("head-seeds"),
+			HeadSeed: c.Int64("head-seed"), Seed: c.Int64("seed"), Head: scoringHead(c), HeadSeeds: c.Int("head-seeds"),
 			ReleaseWeights: true}, // the command needs m's names and shapes only after compiling
 		Top: c.Float64("top"), Out: c.String("out"), Plot: c.String("plot"), Data: c.String("data")}
 	r, _, err := scoreSensitivity(ctx, c.App.ErrWriter, cs.engine(w), m, v, split, pre, a)

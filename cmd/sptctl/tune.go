@@ -47,8 +47,8 @@ func tuneCommand() *cli.Command {
 			&cli.IntFlag{Name: "rank", Value: 8, Usage: "rank of the structured modules"},
 			&cli.IntFlag{Name: "sens-batches", Value: 16, Usage: "sensitivity batches"},
 			&cli.IntFlag{Name: "sens-batch-size", Value: 32, Usage: "sensitivity batch size"},
-			&cli.StringFlag{Name: "head", Value: defaultHead, Usage: "sensitivity's head: random | probe | zero-mean (spt; training starts from a probe or zero-mean head)"},
-			&cli.IntFlag{Name: "head-seeds", Value: 1, Usage: "average the sensitivity of this many random heads (spt, --head random)"},
+			&cli.StringFlag{Name: "head", Value: defaultHead, Usage: "sensitivity's head: probe | random | zero-mean (spt; training starts from a probe or zero-mean head)"},
+			&cli.IntFlag{Name: "head-seeds", Value: 1, Usage: "average the sensitivity of this many random heads (spt; implies --head random)"},
 			&cli.StringFlag{Name: "train-split", Value: "train"},
 			&cli.StringFlag{Name: "val-split", Value: "val"},
 			&cli.StringFlag{Name: "test-split", Value: "test"},
@@ -101,7 +101,7 @@ type stageTime struct {
 func runTune(c *cli.Context) error {
 	a := tuneArgs{Model: c.String("model"), Data: c.String("data"), Out: c.String("out"), Task: c.String("task"),
 		Budget: c.String("budget"), Type: c.String("type"), Strategy: c.String("strategy"), Rank: c.Int("rank"),
-		SensBatches: c.Int("sens-batches"), SensBatchSize: c.Int("sens-batch-size"), Head: c.String("head"), HeadSeeds: c.Int("head-seeds"),
+		SensBatches: c.Int("sens-batches"), SensBatchSize: c.Int("sens-batch-size"), Head: scoringHead(c), HeadSeeds: c.Int("head-seeds"),
 		TrainSplit: c.String("train-split"), ValSplit: c.String("val-split"), TestSplit: c.String("test-split"),
 		Epochs: c.Int("epochs"), BatchSize: c.Int("batch-size"), LR: c.Float64("lr"), WeightDecay: c.Float64("weight-decay"),
 		Warmup: c.Int("warmup"), Dropout: c.Float64("dropout"), Seed: c.Int64("seed"), Quantize: c.String("quantize")}
