@@ -171,21 +171,13 @@ func FromProto(p *onnxpb.TensorProto) (*Tensor, error) {
 	}
 	switch onnxpb.TensorProto_DataType(dt) {
 	case onnxpb.TensorProto_FLOAT:
+		v, err := onnxio.Floats(p)
+		if err != nil {
+			return nil, err
+		}
 		t.F = make([]float64, n)
-		if raw != nil {
-			if len(raw) != 4*n {
-				return nil, bad(len(raw) / 4)
-			}
-			for k := range t.F {
-				t.F[k] = float64(math.Float32frombits(binary.LittleEndian.Uint32(raw[4*k:])))
-			}
-			return t, nil
-		}
-		if len(p.FloatData) != n {
-			return nil, bad(len(p.FloatData))
-		}
-		for k, v := range p.FloatData {
-			t.F[k] = float64(v)
+		for k, x := range v {
+			t.F[k] = float64(x)
 		}
 	case onnxpb.TensorProto_DOUBLE:
 		t.F = make([]float64, n)
@@ -203,20 +195,11 @@ func FromProto(p *onnxpb.TensorProto) (*Tensor, error) {
 		}
 		copy(t.F, p.DoubleData)
 	case onnxpb.TensorProto_INT64:
-		t.I = make([]int64, n)
-		if raw != nil {
-			if len(raw) != 8*n {
-				return nil, bad(len(raw) / 8)
-			}
-			for k := range t.I {
-				t.I[k] = int64(binary.LittleEndian.Uint64(raw[8*k:]))
-			}
-			return t, nil
+		v, err := onnxio.Int64s(p)
+		if err != nil {
+			return nil, err
 		}
-		if len(p.Int64Data) != n {
-			return nil, bad(len(p.Int64Data))
-		}
-		copy(t.I, p.Int64Data)
+		t.I = v
 	case onnxpb.TensorProto_INT32, onnxpb.TensorProto_INT16, onnxpb.TensorProto_INT8,
 		onnxpb.TensorProto_UINT8, onnxpb.TensorProto_UINT16, onnxpb.TensorProto_BOOL:
 		if err := t.smallInts(p, n); err != nil {
