@@ -31,12 +31,10 @@ func BenchmarkForwardBackward(b *testing.B) {
 			}
 			var p *Program
 			onTorch(b, func() error {
-				probe, err := Compile(m, engine.Options{})
+				all, err := allParams(m)
 				if err != nil {
 					return err
 				}
-				all := probe.Params()
-				probe.Close()
 				p, err = Compile(m, engine.Options{Trainable: all})
 				if err != nil {
 					return err

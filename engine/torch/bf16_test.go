@@ -40,12 +40,10 @@ func TestBF16StepMovesLossLikeFP32(t *testing.T) {
 	step := func(prec engine.Precision) run {
 		var r run
 		onTorch(t, func() error {
-			probe, err := Compile(m, engine.Options{})
+			all, err := allParams(m)
 			if err != nil {
 				return err
 			}
-			all := probe.Params()
-			probe.Close()
 			p, err := Compile(m, engine.Options{Trainable: all, Precision: prec})
 			if err != nil {
 				return err

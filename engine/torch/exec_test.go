@@ -38,6 +38,17 @@ func onTorch(t testing.TB, f func() error) {
 	}
 }
 
+// allParams names every parameter of m, as a first compile learns them, for tests
+// that then compile m with all of them trainable. Call it inside onTorch.
+func allParams(m *onnxpb.ModelProto) ([]string, error) {
+	probe, err := Compile(m, engine.Options{})
+	if err != nil {
+		return nil, err
+	}
+	defer probe.Close()
+	return probe.Params(), nil
+}
+
 const fixtureDir = "../../testdata"
 
 func fixtureNames(t testing.TB) []string {

@@ -119,12 +119,10 @@ func TestBackwardParity(t *testing.T) {
 				}
 				count := int(x.Shape[0])
 				onTorch(t, func() error {
-					probe, err := Compile(m, engine.Options{})
+					all, err := allParams(m)
 					if err != nil {
 						return err
 					}
-					all := probe.Params()
-					probe.Close()
 					p, err := Compile(m, engine.Options{Trainable: all, NoFusion: noFusion})
 					if err != nil {
 						return err

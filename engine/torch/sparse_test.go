@@ -103,17 +103,7 @@ func TestSparseDeltaGradient(t *testing.T) {
 			return err
 		}
 		defer z.Drop()
-		prod, err := z.Mul(rt, false)
-		if err != nil {
-			return err
-		}
-		defer prod.Drop()
-		loss, err := prod.Sum(z.DType(), false)
-		if err != nil {
-			return err
-		}
-		defer loss.Drop()
-		if err := loss.Backward(); err != nil {
+		if err := backwardOfWeightedSum(z, rt); err != nil {
 			return err
 		}
 		zd, err := z.Detach(false)
@@ -255,17 +245,23 @@ func BenchmarkSparseDelta(b *testing.B) {
 				return err
 			}
 			defer z.Drop()
-			prod, err := z.Mul(r, false)
-			if err != nil {
-				return err
-			}
-			defer prod.Drop()
-			loss, err := prod.Sum(z.DType(), false)
-			if err != nil {
-				return err
-			}
-			defer loss.Drop()
-			return loss.Backward()
+			return backwardOfWeightedSum(z, r)
 		})
 	}
+}
+
+// backwardOfWeightedSum runs the backward of the loss sum(z ⊙ r): the gradient that
+// reaches z is r, a fixed random direction the PyTorch oracle uses too.
+func backwardOfWeightedSum(z, r *ts.Tensor) error {
+	prod, err := z.Mul(r, false)
+	if err != nil {
+		return err
+	}
+	defer prod.Drop()
+	loss, err := prod.Sum(z.DType(), false)
+	if err != nil {
+		return err
+	}
+	defer loss.Drop()
+	return loss.Backward()
 }
