@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 
+	"google.golang.org/protobuf/proto"
+
 	"github.com/sptctl/sptctl/export"
 	"github.com/sptctl/sptctl/inject"
 	"github.com/sptctl/sptctl/internal/fixture"
@@ -75,6 +77,21 @@ func TestMergeEveryFixture(t *testing.T) {
 				rep, err := export.Merge(mm, base.M)
 				if err != nil {
 					t.Fatalf("%s: %v", pname, err)
+				}
+				// export --merge's memory-saving path gives the same model: MergeInto (no
+				// copy of the base) from the trained model without its frozen data
+				slim, into := fixture.Clone(tm), fixture.Clone(base.M)
+				if err := export.DropFrozen(slim); err != nil {
+					t.Fatal(err)
+				}
+				if _, err := export.MergeInto(slim, into); err != nil {
+					t.Fatalf("%s: MergeInto: %v", pname, err)
+				}
+				if !proto.Equal(slim, mm) {
+					t.Errorf("%s: MergeInto after DropFrozen differs from Merge", pname)
+				}
+				if into.Graph != nil {
+					t.Errorf("%s: MergeInto left the base its graph", pname)
 				}
 				mpath := fixture.Save(t, mm, filepath.Join(dir, name+"_"+pname+"_merged.onnx"))
 				got := ortcheck.Run(t, mpath, x)

@@ -5,6 +5,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -165,6 +166,38 @@ func TestFloatViews(t *testing.T) {
 	}
 	if err := onnxio.SetFloats(typed, []float32{1}); err == nil {
 		t.Error("SetFloats accepted 1 value for a 2x2 tensor")
+	}
+	// ReplaceFloats stores the same bytes as SetFloats and checks the same way: over
+	// the old raw_data (the same memory), into the empty tensor of float_data, or over
+	// raw_data of another size
+	want := slices.Clone(typed.RawData)
+	old := typed.RawData
+	if err := onnxio.SetFloats(typed, []float32{1, 2, 3, 4}); err != nil {
+		t.Fatal(err)
+	}
+	old = typed.RawData
+	if err := onnxio.ReplaceFloats(typed, []float32{5, 6, 7, 8}); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(typed.RawData, want) || typed.FloatData != nil || &typed.RawData[0] != &old[0] {
+		t.Errorf("ReplaceFloats stored % x (in place: %v), SetFloats % x", typed.RawData, &typed.RawData[0] == &old[0], want)
+	}
+	for _, tp := range []*onnxpb.TensorProto{
+		{DataType: proto.Int32(onnxio.Float), Dims: []int64{2, 2}, FloatData: []float32{0, 0, 0, 0}},
+		{DataType: proto.Int32(onnxio.Float), Dims: []int64{2, 2}, RawData: make([]byte, 4)},
+	} {
+		if err := onnxio.ReplaceFloats(tp, []float32{5, 6, 7, 8}); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(tp.RawData, want) || tp.FloatData != nil {
+			t.Errorf("ReplaceFloats stored % x, SetFloats % x", tp.RawData, want)
+		}
+	}
+	if err := onnxio.ReplaceFloats(typed, []float32{1}); err == nil {
+		t.Error("ReplaceFloats accepted 1 value for a 2x2 tensor")
+	}
+	if err := onnxio.ReplaceFloats(&onnxpb.TensorProto{DataType: proto.Int32(onnxio.Int64), Dims: []int64{1}}, []float32{1}); err == nil {
+		t.Error("ReplaceFloats accepted an INT64 tensor")
 	}
 	i, err := onnxio.NewInt64("i", []int64{3}, []int64{-1, 0, 7})
 	if err != nil {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"strings"
+	"unsafe"
 
 	"google.golang.org/protobuf/proto"
 
@@ -197,16 +198,50 @@ func Floats(t *onnxpb.TensorProto) ([]float32, error) {
 // SetFloats replaces a float32 tensor's values, stored as raw_data. The number of
 // values must match the tensor's shape.
 func SetFloats(t *onnxpb.TensorProto, v []float32) error {
+	if err := checkSetFloats(t, v); err != nil {
+		return err
+	}
+	t.RawData = floatBytes(v)
+	t.FloatData = nil
+	return nil
+}
+
+// ReplaceFloats is SetFloats for a caller that owns the tensor's data and gives v up:
+// where raw_data holds as many bytes as the new values need, they are written over it
+// (no allocation; whoever shares those bytes sees the change); else, on a
+// little-endian machine, raw_data becomes v's memory instead of a copy of it. A merge
+// into vit_b_16 replaces a model's worth of tensors: with SetFloats it would hold the
+// old and the new values at once. v must not be changed afterwards.
+func ReplaceFloats(t *onnxpb.TensorProto, v []float32) error {
+	if err := checkSetFloats(t, v); err != nil {
+		return err
+	}
+	switch {
+	case len(t.RawData) == 4*len(v) && len(v) > 0:
+		for i, x := range v {
+			binary.LittleEndian.PutUint32(t.RawData[4*i:], math.Float32bits(x))
+		}
+	case nativeLittleEndian && len(v) > 0:
+		t.RawData = unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(v))), 4*len(v))
+	default:
+		t.RawData = floatBytes(v)
+	}
+	t.FloatData = nil
+	return nil
+}
+
+func checkSetFloats(t *onnxpb.TensorProto, v []float32) error {
 	if t.GetDataType() != Float {
 		return fmt.Errorf("tensor %q: type %s, want FLOAT", t.GetName(), onnxpb.TensorProto_DataType(t.GetDataType()))
 	}
 	if n := NumElements(t.Dims); int64(len(v)) != n {
 		return fmt.Errorf("tensor %q: %d values for shape %v (%d elements)", t.GetName(), len(v), t.Dims, n)
 	}
-	t.RawData = floatBytes(v)
-	t.FloatData = nil
 	return nil
 }
+
+// nativeLittleEndian: raw_data is little-endian, so float32 memory can be raw_data as is.
+var nativeLittleEndian = binary.NativeEndian.Uint16([]byte{1, 0}) == 1
 
 // DropData removes the values of g's initializers (raw_data and the typed fields),
 // keeping their names, types and shapes, so that the memory they hold (for a loaded

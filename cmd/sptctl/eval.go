@@ -124,7 +124,7 @@ func evalFile(ctx context.Context, log io.Writer, modelPath string, ds *data.Dat
 // on a split of the data set ds (folder dir), in batches of bs (0: 64) or the model's
 // fixed batch size.
 func evaluate(ctx context.Context, log io.Writer, s *ort.Session, runFn func(map[string]ort.Tensor) (map[string]ort.Tensor, error), modelPath string, ds *data.Dataset, split *data.Split, dir string, bs int) (*evalResult, error) {
-	in, err := imageInput(s)
+	in, err := imageInput(s.Inputs())
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", modelPath, err)
 	}

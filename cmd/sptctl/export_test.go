@@ -172,12 +172,14 @@ func TestExportRefuses(t *testing.T) {
 	// A parity checker that disagrees stops the export before anything is written.
 	saved := parityCheckers
 	defer func() { parityCheckers = saved }()
-	registerParityChecker("skewed executor", func(p string, x ort.Tensor, threads int) (ort.Tensor, error) {
-		y, err := ortRun(p, x, computeSettings{Threads: threads})
-		for i := range y.Data {
-			y.Data[i] *= 1.001
+	registerParityChecker("skewed executor", func(p string, xs []ort.Tensor, threads int) ([]ort.Tensor, error) {
+		ys, err := ortRunAll(p, xs, computeSettings{Threads: threads})
+		for _, y := range ys {
+			for i := range y.Data {
+				y.Data[i] *= 1.001
+			}
 		}
-		return y, err
+		return ys, err
 	})
 	for _, args := range [][]string{
 		{"export", "--model", trained, "--merge", "--out", out},
@@ -192,7 +194,7 @@ func TestExportRefuses(t *testing.T) {
 		}
 	}
 	parityCheckers = saved
-	registerParityChecker("failing executor", func(string, ort.Tensor, int) (ort.Tensor, error) { return ort.Tensor{}, errors.New("boom") })
+	registerParityChecker("failing executor", func(string, []ort.Tensor, int) ([]ort.Tensor, error) { return nil, errors.New("boom") })
 	if code, _, stderr := sptctl(t, "export", "--model", trained, "--merge", "--out", out); code != 1 || !strings.Contains(stderr, "boom") || exists(out) {
 		t.Errorf("failing checker: exit %d, %q", code, stderr)
 	}

@@ -7,6 +7,7 @@ import (
 	"github.com/sptctl/sptctl/engine/torch"
 	"github.com/sptctl/sptctl/export/ort"
 	"github.com/sptctl/sptctl/internal/meta"
+	"github.com/sptctl/sptctl/internal/osmem"
 	"github.com/sptctl/sptctl/onnxio"
 )
 
@@ -16,36 +17,42 @@ func init() {
 	registerParityChecker("libtorch executor", runOnLibtorch)
 }
 
-// runOnLibtorch runs a model's first output in eval mode on the training executor,
-// with the given libtorch threads.
-func runOnLibtorch(modelPath string, x ort.Tensor, threads int) (ort.Tensor, error) {
+// runOnLibtorch runs a model's first output in eval mode on the training executor, on
+// every batch of xs with one compiled program and the given libtorch threads. Once the
+// program holds the weights the loaded model's bytes are given up, so that the check
+// holds one copy of the weights, not two.
+func runOnLibtorch(modelPath string, xs []ort.Tensor, threads int) ([]ort.Tensor, error) {
 	m, err := onnxio.Load(modelPath)
 	if err != nil {
-		return ort.Tensor{}, err
+		return nil, err
 	}
 	names, err := meta.Trainable(m)
 	if err != nil {
-		return ort.Tensor{}, err
+		return nil, err
 	}
-	if len(x.Shape) == 0 || x.Shape[0] <= 0 {
-		return ort.Tensor{}, fmt.Errorf("libtorch check: input shape %v", x.Shape)
-	}
-	n := int(x.Shape[0])
 	w := torch.NewWorkerThreads(threads)
 	defer w.Close()
-	var out ort.Tensor
+	outs := make([]ort.Tensor, len(xs))
 	err = w.Do(func() error {
 		p, err := w.Compile(m, engine.Options{Trainable: names})
 		if err != nil {
 			return err
 		}
 		defer p.Close()
-		res, err := p.Forward(x.Data, nil, n)
-		if err != nil {
-			return err
+		m = nil
+		osmem.Release()
+		for i, x := range xs {
+			if len(x.Shape) == 0 || x.Shape[0] <= 0 {
+				return fmt.Errorf("libtorch check: input shape %v", x.Shape)
+			}
+			n := int(x.Shape[0])
+			res, err := p.Forward(x.Data, nil, n)
+			if err != nil {
+				return err
+			}
+			outs[i] = ort.Tensor{Shape: []int64{int64(n), int64(res.Classes)}, Data: res.Logits}
 		}
-		out = ort.Tensor{Shape: []int64{int64(n), int64(res.Classes)}, Data: res.Logits}
 		return nil
 	})
-	return out, err
+	return outs, err
 }

@@ -173,9 +173,10 @@ type quantCheck struct {
 }
 
 // exportMergedQuantized is the merge export quantized: m (changed: it becomes the
-// merged, then the quantized model) folded into base's graph, then exportQuantized.
+// merged, then the quantized model) folded into base's graph (export.MergeInto: base
+// is used up), then exportQuantized.
 func exportMergedQuantized(log io.Writer, m, base *onnxpb.ModelProto, out string, opt quantize.Options, p *parity, qa quantCheckArgs) (*export.MergeReport, *quantizeResult, error) {
-	rep, err := export.Merge(m, base)
+	rep, err := export.MergeInto(m, base)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -254,16 +255,16 @@ func compareOnInputs(fp32, quant string, xs []ort.Tensor, cs computeSettings) (q
 	var k quantCheck
 	var maxRef float64
 	differ := 0
-	for _, x := range xs {
-		a, err := ortRun(fp32, x, cs)
-		if err != nil {
-			return k, err
-		}
-		b, err := ortRun(quant, x, cs)
-		if err != nil {
-			return k, err
-		}
-		n, d, mr, err := compareLogits(a, b)
+	as, err := ortRunAll(fp32, xs, cs)
+	if err != nil {
+		return k, err
+	}
+	bs, err := ortRunAll(quant, xs, cs)
+	if err != nil {
+		return k, err
+	}
+	for i := range xs {
+		n, d, mr, err := compareLogits(as[i], bs[i])
 		if err != nil {
 			return k, err
 		}
@@ -315,7 +316,7 @@ func compareOnSplit(fp32, quant, dir, splitName string, cs computeSettings) (qua
 		return k, err
 	}
 	defer sb.Close()
-	in, err := imageInput(sa)
+	in, err := imageInput(sa.Inputs())
 	if err != nil {
 		return k, fmt.Errorf("%s: %w", fp32, err)
 	}
@@ -492,7 +493,7 @@ func (t *tuneRun) quantize(trained *onnxpb.ModelProto, pc *parity) error {
 		split = t.a.TrainSplit
 	}
 	err = t.stage("export quantized", func() error {
-		_, res, err := exportMergedQuantized(t.log, proto.Clone(trained).(*onnxpb.ModelProto), t.base, q.File, opt, pc, quantCheckArgs{Data: t.a.Data, Split: split})
+		_, res, err := exportMergedQuantized(t.log, proto.Clone(trained).(*onnxpb.ModelProto), proto.Clone(t.base).(*onnxpb.ModelProto), q.File, opt, pc, quantCheckArgs{Data: t.a.Data, Split: split})
 		if err != nil {
 			return err
 		}

@@ -134,7 +134,7 @@ func relabel(t *testing.T, model, ds, split string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	in, err := imageInput(s)
+	in, err := imageInput(s.Inputs())
 	s.Close()
 	if err != nil {
 		t.Fatal(err)

@@ -398,8 +398,8 @@ func (t *tuneRun) export(trained *onnxpb.ModelProto) error {
 		return err
 	}
 	if err := t.stage("export merged", func() error {
-		// Merge rewrites its model: give it a copy (the sidecar needs the trained one).
-		_, err := exportMerged(t.log, proto.Clone(trained).(*onnxpb.ModelProto), t.base, t.file("merged.onnx"), pc)
+		// The merge uses up its models: give it copies (the sidecar needs both).
+		_, err := exportMerged(t.log, proto.Clone(trained).(*onnxpb.ModelProto), proto.Clone(t.base).(*onnxpb.ModelProto), t.file("merged.onnx"), pc)
 		return err
 	}); err != nil {
 		return err

@@ -7,7 +7,6 @@
 #include <torch/csrc/autograd/variable.h>
 #include <ATen/ATen.h>
 
-#include <malloc.h>
 
 #include <cstring>
 #include <exception>
@@ -108,4 +107,3 @@ extern "C" void sptctl_gradsq_free(void *p) {
   delete set;
 }
 
-extern "C" void sptctl_release_free_memory(void) { malloc_trim(0); }

@@ -11,6 +11,8 @@ import (
 
 	"github.com/sugarme/gotch"
 	"github.com/sugarme/gotch/ts"
+
+	"github.com/sptctl/sptctl/internal/osmem"
 )
 
 // gradSquares is a set of hooks (gradsq.cpp) that, while armed, add the square of
@@ -66,7 +68,7 @@ func (g *gradSquares) close() {
 // releaseFreeMemory gives the C heap's free memory back to the system: the glibc
 // allocator keeps most of what libtorch frees (a step's activations) otherwise, so a
 // process's later Go allocations would come on top of it.
-func releaseFreeMemory() { C.sptctl_release_free_memory() }
+func releaseFreeMemory() { osmem.TrimC() }
 
 // hookGradSquares makes the running sums of every trainable initializer (zeros) and
 // hooks them to the gradients (Options.SquareGrads).

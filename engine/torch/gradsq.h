@@ -19,10 +19,6 @@ void sptctl_gradsq_arm(void *set, int on);
 // sptctl_gradsq_free removes the hooks and frees the set.
 void sptctl_gradsq_free(void *set);
 
-// sptctl_release_free_memory returns the C heap's free memory to the system
-// (malloc_trim): libtorch's freed activations otherwise stay in the process.
-void sptctl_release_free_memory(void);
-
 #ifdef __cplusplus
 }
 #endif
