@@ -3,7 +3,9 @@
 #
 #   bench/memory/run.sh [MODEL]        # writes bench/RESULTS-memory.md (OUTMD=...)
 #
-# Each row is one process under /usr/bin/time -v (Maximum resident set size), run once:
+# Each row is one process under /usr/bin/time -v (Maximum resident set size); the
+# sensitivity and PyTorch rows run ROUNDS times (default 3), interleaved, and show the
+# median and the range (PyTorch's own peak moves by a few hundred MB between runs):
 #   - sptctl sensitivity --batches 2 --batch-size 8, --precision fp32 and bf16;
 #   - PyTorch 1.13 (/usr/bin/python3, bench/engine/torch_fb.py): torchvision vit_b_16, one
 #     forward + cross-entropy + backward of a batch of 8 at 224x224 (5 classes), fp32 and
@@ -18,6 +20,9 @@ cd "$(dirname "$0")/../.."
 MODEL=${1:-bench/cache/vit_b_16.onnx}
 OUTMD=${OUTMD:-bench/RESULTS-memory.md}
 THREADS=${THREADS:-2}
+ROUNDS=${ROUNDS:-3}
+# the tree the numbers are for (before the report below changes it)
+REV="$(git rev-parse --short HEAD)$(git diff --quiet || echo '+dirty')"
 PY=/usr/bin/python3
 TIME=/usr/bin/time
 [[ -x $TIME ]] || { echo "run.sh: $TIME missing (apt-get install time)" >&2; exit 1; }
@@ -44,8 +49,15 @@ sens() { peak "sens_$1" $S sensitivity --model "$MODEL" --data "$W/fm16" --batch
 	--precision "$1" --threads "$THREADS" --out "$W/scores-$1.safetensors"; }
 torch() { peak "torch_$1" $PY bench/engine/torch_fb.py --model vit_b_16 --batch 8 --steps 1 --warmup 0 \
 	--classes 5 --threads "$THREADS" $2; }
-s32=$(sens fp32); t32=$(torch fp32 "")
-s16=$(sens bf16); t16=$(torch bf16 --bf16)
+s32=() t32=() s16=() t16=()
+for ((r = 1; r <= ROUNDS; r++)); do
+	s32+=("$(sens fp32)") t32+=("$(torch fp32 "")")
+	s16+=("$(sens bf16)") t16+=("$(torch bf16 --bf16)")
+done
+median() { printf '%s\n' "$@" | sort -n | awk '{v[NR]=$1} END{print v[int((NR+1)/2)]}'; }
+range() { printf '%s\n' "$@" | sort -n | awk 'NR==1{lo=$1} {hi=$1} END{if (lo==hi) print lo; else print lo "–" hi}'; }
+row() { echo "$(median "$@") ($(range "$@"))"; }
+ms32=$(median "${s32[@]}") mt32=$(median "${t32[@]}") ms16=$(median "${s16[@]}") mt16=$(median "${t16[@]}")
 
 $S allocate --model "$MODEL" --scores "$W/scores-fp32.safetensors" --budget 0.4M --type lora --out "$W/plan.json" >/dev/null 2>&1
 $S inject --model "$MODEL" --plan "$W/plan.json" --out "$W/tunable.onnx" >/dev/null 2>&1
@@ -59,18 +71,20 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.2f", a/b}'; }
 {
 	echo "# Peak memory: sensitivity and export --merge on vit_b_16 (issue 11, item 3)"
 	echo
-	echo "Command: \`bench/memory/run.sh\` ($(date -u +%Y-%m-%d), $(nproc) cores, THREADS=$THREADS, $(git rev-parse --short HEAD)$(git diff --quiet || echo '+dirty'))."
+	echo "Command: \`bench/memory/run.sh\` ($(date -u +%Y-%m-%d), $(nproc) cores, THREADS=$THREADS, ROUNDS=$ROUNDS, $REV)."
 	echo "Model: \`$MODEL\` ($size bytes = $size_mb MiB), torchvision vit_b_16 with random weights, 224x224."
-	echo "Each row is one process under \`/usr/bin/time -v\` (Maximum resident set size, MiB), run once."
+	echo "Each number is one process under \`/usr/bin/time -v\` (Maximum resident set size, MiB); the sensitivity and PyTorch rows ran $ROUNDS times, interleaved: median (range). export --merge ran once."
 	echo
 	echo "| what | command | peak RSS (MiB) |"
 	echo "|---|---|---:|"
-	echo "| sptctl sensitivity fp32 | \`sensitivity --batches 2 --batch-size 8 --precision fp32\` | $s32 |"
-	echo "| sptctl sensitivity bf16 | \`sensitivity --batches 2 --batch-size 8 --precision bf16\` | $s16 |"
-	echo "| PyTorch fwd+bwd fp32 | \`torch_fb.py --model vit_b_16 --batch 8 --steps 1 --warmup 0 --classes 5\` | $t32 |"
-	echo "| PyTorch fwd+bwd bf16 autocast | same, \`--bf16\` | $t16 |"
+	echo "| sptctl sensitivity fp32 | \`sensitivity --batches 2 --batch-size 8 --precision fp32\` | $(row "${s32[@]}") |"
+	echo "| sptctl sensitivity bf16 | \`sensitivity --batches 2 --batch-size 8 --precision bf16\` | $(row "${s16[@]}") |"
+	echo "| PyTorch fwd+bwd fp32 | \`torch_fb.py --model vit_b_16 --batch 8 --steps 1 --warmup 0 --classes 5\` | $(row "${t32[@]}") |"
+	echo "| PyTorch fwd+bwd bf16 autocast | same, \`--bf16\` | $(row "${t16[@]}") |"
 	echo "| sptctl export --merge | \`export --merge --samples 2\` (0.4M SPT-LoRA, trained 1 step) | $merge |"
 	echo
-	echo "- sensitivity fp32 / PyTorch fp32 fwd+bwd: $(ratio "$s32" "$t32")x; sensitivity bf16 / PyTorch fp32: $(ratio "$s16" "$t32")x, / PyTorch bf16: $(ratio "$s16" "$t16")x (target: at most 1x)."
+	echo "- medians: sensitivity fp32 / PyTorch fp32 fwd+bwd: $(ratio "$ms32" "$mt32")x; sensitivity bf16 / PyTorch fp32: $(ratio "$ms16" "$mt32")x, / PyTorch bf16: $(ratio "$ms16" "$mt16")x (target: at most 1x)."
 	echo "- export --merge / model file: $(ratio "$merge" "$size_mb")x (target: at most 3x)."
+	# what earlier runs measured, and why the numbers moved: kept by hand beside the script
+	[[ -f bench/memory/history.md ]] && { echo; cat bench/memory/history.md; }
 } | tee "$OUTMD"
