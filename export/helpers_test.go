@@ -55,6 +55,7 @@ func plans(t testing.TB, f fixture.Model) map[string]*inject.Plan {
 		"lora":    {Type: inject.LoRA, Budget: backbone / 6},
 		"sparse":  {Type: inject.LoRA, Budget: backbone / 50},
 		"adapter": {Type: inject.Adapter, Budget: backbone / 6},
+		"dora":    {Type: inject.Type(inject.KindDoRA), Budget: backbone / 6},
 		"full":    {Strategy: inject.Full},
 		"bitfit":  {Strategy: inject.BitFit},
 		"lora-qv": {Strategy: inject.LoRAQV, Type: inject.LoRA},
