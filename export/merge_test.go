@@ -2,7 +2,6 @@ package export_test
 
 import (
 	"flag"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -48,7 +47,7 @@ func TestMergeEveryFixture(t *testing.T) {
 	ortcheck.Init(t)
 	dir := t.TempDir()
 	var merged []string
-	defer func() { onnxChecker(t, merged) }()
+	defer func() { fixture.CheckONNX(t, merged) }()
 	for _, path := range fixture.Paths(t) {
 		name := fixture.Name(path)
 		t.Run(name, func(t *testing.T) {
@@ -144,21 +143,6 @@ func TestMergeEveryFixture(t *testing.T) {
 				t.Logf("%s: rel %.2g; %s", pname, r, strings.ReplaceAll(strings.TrimSpace(rep.String()), "\n", "; "))
 			}
 		})
-	}
-}
-
-// onnxChecker runs onnx.checker.check_model(full_check=True) (Debian's python3-onnx,
-// the independent oracle) on the models, if it is installed.
-func onnxChecker(t *testing.T, paths []string) {
-	t.Helper()
-	if len(paths) == 0 || exec.Command("/usr/bin/python3", "-c", "import onnx").Run() != nil {
-		t.Log("python3-onnx not available: onnx.checker not run")
-		return
-	}
-	script := "import onnx, sys\nfor p in sys.argv[1:]:\n    onnx.checker.check_model(onnx.load(p), full_check=True)\n"
-	out, err := exec.Command("/usr/bin/python3", append([]string{"-c", script}, paths...)...).CombinedOutput()
-	if err != nil {
-		t.Errorf("onnx.checker: %v\n%s", err, out)
 	}
 }
 

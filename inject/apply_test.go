@@ -5,7 +5,6 @@ import (
 	"math"
 	"math/rand/v2"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -214,46 +213,13 @@ func TestApplyEveryFixture(t *testing.T) {
 			})
 		}
 	}
-	onnxChecker(t, written)
+	fixture.CheckONNX(t, written)
 }
 
 // p2proto wraps a plan's JSON in a protobuf string for a cheap deep comparison.
 func p2proto(p *Plan) *onnxpb.StringStringEntryProto {
 	b, _ := jsonMarshal(p)
 	return &onnxpb.StringStringEntryProto{Value: proto.String(string(b))}
-}
-
-// onnxChecker runs onnx.checker.check_model(full_check=True) (Debian's python3-onnx)
-// on the models, in one Python process.
-func onnxChecker(t *testing.T, paths []string) {
-	t.Helper()
-	if len(paths) == 0 {
-		return
-	}
-	py := "/usr/bin/python3"
-	if _, err := os.Stat(py); err != nil {
-		t.Skip("no /usr/bin/python3 for onnx.checker")
-	}
-	if err := exec.Command(py, "-c", "import onnx").Run(); err != nil {
-		t.Skip("python3-onnx is not installed")
-	}
-	script := `
-import onnx, sys
-bad = 0
-for p in sys.argv[1:]:
-    try:
-        onnx.checker.check_model(onnx.load(p), full_check=True)
-    except Exception as e:
-        bad += 1
-        print("FAIL", p, str(e)[:2000])
-print("checked", len(sys.argv) - 1, "failed", bad)
-sys.exit(1 if bad else 0)
-`
-	out, err := exec.Command(py, append([]string{"-c", script}, paths...)...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("onnx.checker: %v\n%s", err, out)
-	}
-	t.Logf("%s", bytes.TrimSpace(out))
 }
 
 func TestApplyRefuses(t *testing.T) {

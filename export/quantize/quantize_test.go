@@ -76,7 +76,7 @@ func TestQuantizedFixturesRunInORT(t *testing.T) {
 			})
 		}
 	}
-	onnxChecker(t, written)
+	fixture.CheckONNX(t, written)
 }
 
 func uniqueNodes(f fixture.Model) map[any]bool {
@@ -85,19 +85,6 @@ func uniqueNodes(f fixture.Model) map[any]bool {
 		s[l.Node] = true
 	}
 	return s
-}
-
-func onnxChecker(t *testing.T, paths []string) {
-	t.Helper()
-	if len(paths) == 0 || exec.Command("/usr/bin/python3", "-c", "import onnx").Run() != nil {
-		t.Log("python3-onnx not available: onnx.checker not run")
-		return
-	}
-	script := "import onnx, sys\nfor p in sys.argv[1:]:\n    onnx.checker.check_model(onnx.load(p), full_check=True)\n"
-	out, err := exec.Command("/usr/bin/python3", append([]string{"-c", script}, paths...)...).CombinedOutput()
-	if err != nil {
-		t.Errorf("onnx.checker: %v\n%s", err, out)
-	}
 }
 
 func TestRefusals(t *testing.T) {
