@@ -49,19 +49,8 @@ type Options struct {
 // head are not scored. m is not changed: the head goes into a copy that only the
 // scoring graph uses. progress, if not nil, is called after each batch.
 func Compute(ctx context.Context, e engine.Engine, m *onnxpb.ModelProto, split *data.Split, pre meta.Preprocess, opt Options, progress func(done, total int)) (Scores, Info, error) {
-	if opt.Batches <= 0 || opt.BatchSize <= 0 {
-		return nil, Info{}, fmt.Errorf("sensitivity: batches and batch size must be positive (got %d, %d)", opt.Batches, opt.BatchSize)
-	}
-	if opt.Classes < 2 {
-		return nil, Info{}, fmt.Errorf("sensitivity: the task needs at least 2 classes, got %d", opt.Classes)
-	}
-	if err := inject.CheckClasses("sensitivity: classes", opt.Classes); err != nil {
+	if err := checkTask(split, opt); err != nil {
 		return nil, Info{}, err
-	}
-	for i, l := range split.Labels() {
-		if l >= opt.Classes {
-			return nil, Info{}, fmt.Errorf("sensitivity: %s has label %d, but the task has %d classes", split.Name(i), l, opt.Classes)
-		}
 	}
 	heads := max(opt.HeadSeeds, 1)
 	switch opt.Head {
@@ -82,17 +71,10 @@ func Compute(ctx context.Context, e engine.Engine, m *onnxpb.ModelProto, split *
 	info := Info{Fingerprint: fp, Classes: opt.Classes, HeadSeed: opt.HeadSeed, BatchSize: opt.BatchSize, Head: opt.Head, HeadSeeds: heads}
 	var values *inject.HeadValues
 	if opt.Head != inject.HeadRandom {
-		po := opt.Probe.withDefaults()
-		f, err := headFeatures(ctx, e, m, split, pre, opt, po)
-		if err != nil {
+		if err := fitHead(ctx, e, m, split, pre, opt, &info); err != nil {
 			return nil, Info{}, err
 		}
-		if opt.Head == inject.HeadProbe {
-			values = fitProbe(f, opt.Classes, opt.HeadSeed, po)
-		} else {
-			values = classMeanHead(f, opt.Classes)
-		}
-		info.HeadValues, info.HeadTop1, info.HeadExamples = values, top1(values, f, opt.Classes), f.n
+		values = info.HeadValues
 	}
 	var scores Scores
 	for k := 0; k < heads; k++ {
@@ -127,6 +109,64 @@ func Compute(ctx context.Context, e engine.Engine, m *onnxpb.ModelProto, split *
 		}
 	}
 	return scores, info, nil
+}
+
+// FitHead makes the head opt.Head names (inject.HeadProbe or inject.HeadZeroMean) the
+// way Compute does before it scores (same features, same fit, same seeds), and
+// scores nothing: for a baseline that is to start from the head SPT starts from (tune
+// --head). The Info has the task's Classes, HeadSeed, Head, HeadSeeds (1),
+// HeadValues, HeadTop1 and HeadExamples; no batches were scored. opt.Batches is not
+// used; opt.BatchSize is the feature pass's batch size. m is not changed.
+func FitHead(ctx context.Context, e engine.Engine, m *onnxpb.ModelProto, split *data.Split, pre meta.Preprocess, opt Options) (Info, error) {
+	opt.Batches = 1 // not used: no batch is scored
+	if err := checkTask(split, opt); err != nil {
+		return Info{}, err
+	}
+	if opt.Head != inject.HeadProbe && opt.Head != inject.HeadZeroMean {
+		return Info{}, fmt.Errorf("sensitivity: only a %s or %s head is fitted, not %q", inject.HeadProbe, inject.HeadZeroMean, opt.Head)
+	}
+	info := Info{Classes: opt.Classes, HeadSeed: opt.HeadSeed, BatchSize: opt.BatchSize, Head: opt.Head, HeadSeeds: 1}
+	if err := fitHead(ctx, e, m, split, pre, opt, &info); err != nil {
+		return Info{}, err
+	}
+	return info, nil
+}
+
+// fitHead fits opt.Head (probe or zero-mean) on the features of split's first images
+// and records it in info (HeadValues, HeadTop1, HeadExamples).
+func fitHead(ctx context.Context, e engine.Engine, m *onnxpb.ModelProto, split *data.Split, pre meta.Preprocess, opt Options, info *Info) error {
+	po := opt.Probe.withDefaults()
+	f, err := headFeatures(ctx, e, m, split, pre, opt, po)
+	if err != nil {
+		return err
+	}
+	var values *inject.HeadValues
+	if opt.Head == inject.HeadProbe {
+		values = fitProbe(f, opt.Classes, opt.HeadSeed, po)
+	} else {
+		values = classMeanHead(f, opt.Classes)
+	}
+	info.HeadValues, info.HeadTop1, info.HeadExamples = values, top1(values, f, opt.Classes), f.n
+	return nil
+}
+
+// checkTask checks opt's batch settings and classes against split's labels.
+func checkTask(split *data.Split, opt Options) error {
+	if opt.Batches <= 0 || opt.BatchSize <= 0 {
+		return fmt.Errorf("sensitivity: batches and batch size must be positive (got %d, %d)", opt.Batches, opt.BatchSize)
+	}
+	if opt.Classes < 2 {
+		return fmt.Errorf("sensitivity: the task needs at least 2 classes, got %d", opt.Classes)
+	}
+	if err := inject.CheckClasses("sensitivity: classes", opt.Classes); err != nil {
+		return err
+	}
+	for i, l := range split.Labels() {
+		if l >= opt.Classes {
+			return fmt.Errorf("sensitivity: %s has label %d, but the task has %d classes", split.Name(i), l, opt.Classes)
+		}
+	}
+	return nil
 }
 
 // scoreThrough accumulates Σ grad² of the scored initializers over the scoring

@@ -184,3 +184,66 @@ func transpose(a []float32, rows, cols int) []float32 {
 	}
 	return out
 }
+
+// TestTuneBaselineHead: `tune --strategy lora-qv --head probe` starts LoRA-qv from the
+// head SPT would start from (the plan holds the very head `sensitivity --head probe`
+// fits with the same seeds, and the untrained model classifies the test split clearly
+// better than a fresh head); without --head a baseline starts from a fresh head, as
+// before the probe became sensitivity's default.
+func TestTuneBaselineHead(t *testing.T) {
+	const model = "../../testdata/tv_op17_alias.onnx"
+	dir := t.TempDir()
+	task := filepath.Join(dir, "task")
+	if err := data.FewShot(data.FewShotOptions{From: fashionMNIST, Classes: []int{0, 1, 2, 3, 4}, Train: 160, Val: 40, Test: 100, Seed: 5, Out: task}); err != nil {
+		t.Fatal(err)
+	}
+	tuneQV := func(name string, args ...string) (tuneReport, *inject.Plan) {
+		t.Helper()
+		out := filepath.Join(dir, name)
+		code, stdout, stderr := sptctl(t, append([]string{"tune", "--model", model, "--data", task, "--out", out, "--strategy", "lora-qv",
+			"--val-split", "", "--epochs", "1", "--warmup", "0", "--batch-size", "64", "--seed", "4", "--json"}, args...)...)
+		if code != 0 {
+			t.Fatalf("tune %s: exit %d\n%s", name, code, stderr)
+		}
+		var r tuneReport
+		if err := json.Unmarshal([]byte(stdout), &r); err != nil {
+			t.Fatal(err)
+		}
+		p, err := inject.LoadPlan(filepath.Join(out, "plan.json"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r, p
+	}
+	probe, pp := tuneQV("probe", "--head", "probe")
+	fresh, fp := tuneQV("default")
+	random, rp := tuneQV("random", "--head", "random")
+
+	// The oracle: the head the sensitivity command fits with the same seeds and batches.
+	scores := filepath.Join(dir, "s.safetensors")
+	if code, _, stderr := sptctl(t, "sensitivity", "--model", model, "--data", task, "--batches", "1", "--batch-size", "32",
+		"--seed", "4", "--head-seed", "4", "--head", "probe", "--out", scores); code != 0 {
+		t.Fatalf("sensitivity: %s", stderr)
+	}
+	_, info, err := sensitivity.Read(scores)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pp.Options.Strategy != string(inject.LoRAQV) || pp.Head.Init != inject.HeadProbe || pp.Head.Values == nil ||
+		!slices.Equal(pp.Head.Values.Weight, info.HeadValues.Weight) || !slices.Equal(pp.Head.Values.Bias, info.HeadValues.Bias) {
+		t.Fatalf("--head probe: plan options %+v, head init %q: not sensitivity's probe", pp.Options, pp.Head.Init)
+	}
+	for name, p := range map[string]*inject.Plan{"no --head": fp, "--head random": rp} {
+		if p.Head.Init != "" || p.Head.Values != nil || p.Options.Scoring != "" {
+			t.Errorf("%s: plan head init %q, scoring %q: want a fresh head", name, p.Head.Init, p.Options.Scoring)
+		}
+	}
+	if probe.Trainable != fresh.Trainable || random.Before != fresh.Before {
+		t.Errorf("trainable %d vs %d; top-1 before: --head random %.3f, no --head %.3f: the head's start must change nothing else",
+			probe.Trainable, fresh.Trainable, random.Before, fresh.Before)
+	}
+	t.Logf("test top-1 before training: probe head %.3f (%.3f on its own images), fresh head %.3f", probe.Before, info.HeadTop1, fresh.Before)
+	if probe.Before < fresh.Before+0.15 || probe.Before < 0.5 {
+		t.Errorf("untrained LoRA-qv from the probe head scores %.3f, from a fresh head %.3f (chance 0.2)", probe.Before, fresh.Before)
+	}
+}

@@ -47,7 +47,8 @@ func tuneCommand() *cli.Command {
 			&cli.IntFlag{Name: "rank", Value: 8, Usage: "rank of the structured modules"},
 			&cli.IntFlag{Name: "sens-batches", Value: 16, Usage: "sensitivity batches"},
 			&cli.IntFlag{Name: "sens-batch-size", Value: 32, Usage: "sensitivity batch size"},
-			&cli.StringFlag{Name: "head", Value: defaultHead, Usage: "sensitivity's head: probe | random | zero-mean (spt; training starts from a probe or zero-mean head)"},
+			&cli.StringFlag{Name: "head", Value: defaultHead, Usage: "sensitivity's head: probe | random | zero-mean (spt; training starts from a probe or zero-mean head); " +
+				"given explicitly with another --strategy, the head training starts from (probe, zero-mean: fitted first as sensitivity would; random or not given: a fresh head)"},
 			&cli.IntFlag{Name: "head-seeds", Value: 1, Usage: "average the sensitivity of this many random heads (spt; implies --head random)"},
 			&cli.StringFlag{Name: "train-split", Value: "train"},
 			&cli.StringFlag{Name: "val-split", Value: "val"},
@@ -101,7 +102,7 @@ type stageTime struct {
 func runTune(c *cli.Context) error {
 	a := tuneArgs{Model: c.String("model"), Data: c.String("data"), Out: c.String("out"), Task: c.String("task"),
 		Budget: c.String("budget"), Type: c.String("type"), Strategy: c.String("strategy"), Rank: c.Int("rank"),
-		SensBatches: c.Int("sens-batches"), SensBatchSize: c.Int("sens-batch-size"), Head: scoringHead(c), HeadSeeds: c.Int("head-seeds"),
+		SensBatches: c.Int("sens-batches"), SensBatchSize: c.Int("sens-batch-size"), Head: scoringHead(c), HeadSet: c.IsSet("head"), HeadSeeds: c.Int("head-seeds"),
 		TrainSplit: c.String("train-split"), ValSplit: c.String("val-split"), TestSplit: c.String("test-split"),
 		Epochs: c.Int("epochs"), BatchSize: c.Int("batch-size"), LR: c.Float64("lr"), WeightDecay: c.Float64("weight-decay"),
 		Warmup: c.Int("warmup"), Dropout: c.Float64("dropout"), Seed: c.Int64("seed"), Quantize: c.String("quantize")}
@@ -155,6 +156,7 @@ type tuneArgs struct {
 	Rank                            int
 	SensBatches, SensBatchSize      int
 	Head                            string // sensitivity's head (spt)
+	HeadSet                         bool   // --head was given: other strategies start from that head too
 	HeadSeeds                       int
 	TrainSplit, ValSplit, TestSplit string
 	Epochs, BatchSize, Warmup       int
@@ -282,6 +284,15 @@ func (t *tuneRun) allocate(ctx context.Context) (*inject.Plan, error) {
 		t.r.Files["scores"], t.r.Files["sensitivity_plot"] = t.file("scores.safetensors"), t.file("sensitivity.png")
 	} else {
 		opt.Classes = t.ds.NumClasses()
+		if a.HeadSet && a.Head != inject.HeadRandom {
+			if err := t.stage("fit head", func() error {
+				var err error
+				info, err = t.fitHead(ctx)
+				return err
+			}); err != nil {
+				return nil, err
+			}
+		}
 	}
 	var plan *inject.Plan
 	err := t.stage("allocate", func() error {
@@ -305,6 +316,28 @@ func (t *tuneRun) allocate(ctx context.Context) (*inject.Plan, error) {
 	t.r.Allocation = tb.String()
 	t.r.Share = float64(t.r.Trainable) / float64(max(t.r.Backbone, 1))
 	return plan, nil
+}
+
+// fitHead fits the head --head names (probe or zero-mean) as the sensitivity stage
+// would, for a baseline to start from: the returned Info carries it into the plan.
+func (t *tuneRun) fitHead(ctx context.Context) (*sensitivity.Info, error) {
+	a := t.a
+	split, err := t.ds.Split(a.TrainSplit)
+	if err != nil {
+		return nil, err
+	}
+	if t.pre, err = preprocessFor(t.base, surgery.Image{Channels: t.v.Channels, Height: t.v.Height, Width: t.v.Width}, t.log); err != nil {
+		return nil, err
+	}
+	w := a.Compute.worker()
+	defer w.Close()
+	info, err := sensitivity.FitHead(ctx, a.Compute.engine(w), t.base, split, t.pre, sensitivity.Options{BatchSize: a.SensBatchSize,
+		Classes: t.ds.NumClasses(), HeadSeed: a.Seed, Seed: a.Seed, Head: a.Head})
+	if err != nil {
+		return nil, err
+	}
+	fmt.Fprintf(t.log, "%s head fitted%s\n", info.Head, headNote(info))
+	return &info, nil
 }
 
 // train runs the inject stage, evaluates the untrained model, trains it and evaluates
