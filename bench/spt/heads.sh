@@ -8,10 +8,19 @@
 # Stability: the top-1% and top-5% overlap of the scores between seeds, two ways: the
 # seed as `tune` uses it (batch order and head seed), and the head seed alone (the same
 # batches). Accuracy: SPT-LoRA and SPT-Adapter with each head against LoRA-qv at LoRA-qv's
-# trainable count, 3 seeds. Results: bench/RESULTS-sensitivity.md, figures bench/figures/.
+# trainable count, 3 seeds. Then what the probe's gain is made of: LoRA-qv started from
+# the probe head (`tune --strategy lora-qv --head probe`) on the accuracy tasks, and the
+# budget sweep per head (LoRA-qv at ranks SWEEP_RANKS against SPT-LoRA, rank-8 modules, at
+# LoRA-qv's count of each rank, run.sh's sweep with each head). Results:
+# bench/RESULTS-sensitivity.md (stability and accuracy), bench/RESULTS-sensitivity-sweep.md
+# (LoRA-qv from the probe head, the sweep), figures bench/figures/.
 #
 # Usage: bench/spt/heads.sh      (after `make build` and models/make-backbone.sh)
+#        SWEEP_ONLY=1 bench/spt/heads.sh   only the LoRA-qv-from-the-probe runs and the sweep
+#        (and the main runs they compare with), only RESULTS-sensitivity-sweep.md
 # Knobs (environment): SEEDS, TASKS (stability), ACC_TASKS, ACC_SEEDS and HEADS (accuracy runs),
+# SWEEP_TASKS, SWEEP_RANKS, SWEEP_SEEDS (the sweep; SWEEP_TASKS set and empty: no sweep),
+# SWEEP_ONLY, SWEEP_RESULTS,
 # WORKERS, LOCK (a file to flock around each batch of runs: the stability runs, then
 # each task × seed of the accuracy runs, so other heavy jobs can interleave), SPTCTL,
 # and run.sh's EPOCHS, BATCH, LR, WARMUP, WD, DROPOUT, MODEL, FMNIST, CACHE.
@@ -37,6 +46,11 @@ TASKS=${TASKS:-"fmnist-new rotation digits inverted"}
 ACC_TASKS=${ACC_TASKS:-$TASKS}
 ACC_SEEDS=${ACC_SEEDS:-$SEEDS}
 HEADS=${HEADS:-"random probe random4 zero-mean"}
+SWEEP_TASKS=${SWEEP_TASKS-"digits fmnist-new"} # as run.sh's
+SWEEP_RANKS=${SWEEP_RANKS:-"1 2 4 8 16"}
+SWEEP_SEEDS=${SWEEP_SEEDS:-$ACC_SEEDS}
+SWEEP_ONLY=${SWEEP_ONLY:-}
+SWEEP_RESULTS=${SWEEP_RESULTS:-bench/RESULTS-sensitivity-sweep.md}
 LOCK=${LOCK:-$CACHE/.heads.lock}
 SENS_HEADS="random probe random4 zero-mean"
 TEST_N=${TEST_N:-1000}
@@ -71,12 +85,21 @@ CARVE_ONLY=1 TASKS="$TASKS" MODEL="$MODEL" FMNIST="$FMNIST" CACHE="$CACHE" TEST_
 
 WORKERS=${WORKERS:-$(nproc)}
 classes() { awk '{print $2}' "$CACHE/tasks/$1/train800val200.txt" | sort -un | wc -l; }
-declare -A QV
-for t in $ACC_TASKS; do
+# qv_count TASK RANK: LoRA-qv's trainable count at that rank (run.sh's plan_count)
+qv_count() {
+	local f n
 	f=$(mktemp "$RUNS/.plan.XXXXXX")
-	QV[$t]=$("$SPTCTL" allocate --model "$MODEL" --classes "$(classes "$t")" --out "$f" --json --strategy lora-qv --type lora --rank $RANK 2>/dev/null | jq -r .trainable)
+	n=$("$SPTCTL" allocate --model "$MODEL" --classes "$(classes "$1")" --out "$f" --json --strategy lora-qv --type lora --rank "$2" 2>/dev/null | jq -r .trainable)
 	rm -f "$f"
-	[[ ${QV[$t]} =~ ^[0-9]+$ ]] || die "allocate --strategy lora-qv failed for $t"
+	[[ $n =~ ^[0-9]+$ ]] || die "allocate --strategy lora-qv --rank $2 failed for $1"
+	echo "$n"
+}
+declare -A QV QVR
+for t in $ACC_TASKS $SWEEP_TASKS; do
+	QV[$t]=$(qv_count "$t" $RANK) || exit 1
+done
+for t in $SWEEP_TASKS; do
+	for r in $SWEEP_RANKS; do QVR[$t/$r]=$(qv_count "$t" "$r") || exit 1; done
 done
 # head flags of a head name
 headflags() {
@@ -125,6 +148,49 @@ phase_acc() {
 	for h in $HEADS; do
 		for ty in lora adapter; do
 			job "$t" "$(runname "$ty" "$h")" "spt-$ty" "$seed" "$h" $RANK "${QV[$t]}" --strategy spt --type $ty --rank $RANK --budget "${QV[$t]}" $(headflags "$h")
+		done
+	done
+}
+# phase_split SEED: what the probe's gain is made of, on every accuracy task: LoRA-qv from
+# a fresh head (the main runs), LoRA-qv from the probe head, SPT-LoRA with the probe
+phase_split() {
+	local seed=$1 t
+	for t in $ACC_TASKS; do
+		job "$t" lora-qv lora-qv "$seed" main $RANK 0 --strategy lora-qv --type lora --rank $RANK
+		job "$t" lora-qv-head-probe lora-qv "$seed" probe $RANK 0 --strategy lora-qv --type lora --rank $RANK --head probe
+		job "$t" "$(runname lora probe)" spt-lora "$seed" probe $RANK "${QV[$t]}" --strategy spt --type lora --rank $RANK --budget "${QV[$t]}" $(headflags probe)
+	done
+}
+# sweepname HEAD RANK: an SPT-LoRA sweep run's folder: run.sh's spt-lora-rR for the
+# paper's head (the same runs), spt-lora-rR-head-HEAD for the others; rank 8 is the main run
+sweepname() {
+	if [ "$2" = $RANK ]; then
+		runname lora "$1"
+	elif [ "$1" = random ]; then
+		echo "spt-lora-r$2"
+	else
+		echo "spt-lora-r$2-head-$1"
+	fi
+}
+# phase_sweep SEED HEADS...: the budget sweep of run.sh for those heads, one point (LoRA-qv
+# at rank r, SPT-LoRA with each head at its count) after the other
+phase_sweep() {
+	local seed=$1 t r h name
+	shift
+	for t in $SWEEP_TASKS; do
+		for r in $SWEEP_RANKS; do
+			if [ "$r" = $RANK ]; then
+				job "$t" lora-qv lora-qv "$seed" main $RANK 0 --strategy lora-qv --type lora --rank $RANK
+			else
+				job "$t" "lora-qv-r$r" lora-qv "$seed" sweep "$r" 0 --strategy lora-qv --type lora --rank "$r"
+			fi
+			for h in "$@"; do
+				name=$(sweepname "$h" "$r")
+				# group and flags as run.sh's sweep for its runs (group sweep), else the head
+				local group=$h
+				[ "$r" != $RANK ] && [ "$h" = random ] && group=sweep
+				job "$t" "$name" spt-lora "$seed" "$group" $RANK "${QVR[$t/$r]}" --strategy spt --type lora --rank $RANK --budget "${QVR[$t/$r]}" $(headflags "$h")
+			done
 		done
 	done
 }
@@ -199,15 +265,31 @@ run_phase() {
 	exec 9>&-
 	rm -f "$queue" "$queue.lock"
 }
-run_phase phase_sens
-for t in $ACC_TASKS; do # task by task: a task's seeds complete before the next task starts
-	for seed in $ACC_SEEDS; do run_phase phase_acc "$t" "$seed"; done
+if [ -z "$SWEEP_ONLY" ]; then
+	run_phase phase_sens
+	for t in $ACC_TASKS; do # task by task: a task's seeds complete before the next task starts
+		for seed in $ACC_SEEDS; do run_phase phase_acc "$t" "$seed"; done
+	done
+fi
+# The split of the probe's gain first (seed by seed), then the sweep: its points for the
+# other heads seed by seed, the 4-head mean (four scoring passes a run) last.
+[[ " $HEADS " == *" probe "* ]] && for seed in $ACC_SEEDS; do run_phase phase_split "$seed"; done
+early=() late=()
+for h in $HEADS; do if [ "$h" = random4 ]; then late+=("$h"); else early+=("$h"); fi; done
+for hs in "${early[*]}" "${late[*]}"; do
+	[ -n "$hs" ] || continue
+	# shellcheck disable=SC2086
+	for seed in $SWEEP_SEEDS; do run_phase phase_sweep "$seed" $hs; done
 done
 mapfile -t failed <"$HEADSDIR/.failed"
 
 # the command that reproduces this run: the knobs that differ from the defaults, then the script
 command=bench/spt/heads.sh
 [ "$HEADS" = "random probe random4 zero-mean" ] || command="HEADS=\"$HEADS\" $command"
+[ "$SWEEP_SEEDS" = "$ACC_SEEDS" ] || command="SWEEP_SEEDS=\"$SWEEP_SEEDS\" $command"
+[ "$SWEEP_RANKS" = "1 2 4 8 16" ] || command="SWEEP_RANKS=\"$SWEEP_RANKS\" $command"
+[ "$SWEEP_TASKS" = "digits fmnist-new" ] || command="SWEEP_TASKS=\"$SWEEP_TASKS\" $command"
+[ -z "$SWEEP_ONLY" ] || command="SWEEP_ONLY=1 $command"
 [ "$ACC_TASKS" = "$TASKS" ] || command="ACC_TASKS=\"$ACC_TASKS\" $command"
 [ "$ACC_SEEDS" = "$SEEDS" ] || command="ACC_SEEDS=\"$ACC_SEEDS\" $command"
 [ "$TASKS" = "fmnist-new rotation digits inverted" ] || command="TASKS=\"$TASKS\" $command"
@@ -221,14 +303,21 @@ jq -n --arg model "$MODEL" --argjson epochs "$EPOCHS" --argjson batch "$BATCH" -
 	--argjson acc_tasks "$(printf '%s\n' $ACC_TASKS | jq -R . | jq -s -c .)" \
 	--argjson acc_seeds "$(printf '%s\n' $ACC_SEEDS | jq -s -c 'map(tonumber)')" \
 	--argjson heads "$(printf '%s\n' $HEADS | jq -R . | jq -s -c .)" \
+	--argjson sweep_tasks "$(printf '%s\n' $SWEEP_TASKS | jq -R . | jq -s -c 'map(select(. != ""))')" \
+	--argjson sweep_ranks "$(printf '%s\n' $SWEEP_RANKS | jq -s -c 'map(tonumber)')" \
+	--argjson sweep_seeds "$(printf '%s\n' $SWEEP_SEEDS | jq -s -c 'map(tonumber)')" \
+	--argjson sweep_only "$([ -n "$SWEEP_ONLY" ] && echo true || echo false)" \
 	--arg machine "$(nproc) CPU cores ($cpu), shared with other work; $WORKERS runs at a time, each pinned to one core" \
 	--arg date "$(date -u '+%Y-%m-%d %H:%M UTC')" \
 	--arg cmd "$command" --arg precision "$PRECISION" \
 	'{command:$cmd, model:$model, epochs:$epochs, batch_size:$batch, lr:$lr, weight_decay:$wd, warmup:$warmup,
-	  dropout:$dropout, rank:$rank, seeds:$seeds, tasks:$tasks, acc_tasks:$acc_tasks, acc_seeds:$acc_seeds, heads:$heads, precision:$precision, machine:$machine, date:$date}' >"$HEADSDIR/settings.json"
-go run ./bench/spt/heads -cache "$CACHE" -runs "$RUNS" -heads "$HEADSDIR" -settings "$HEADSDIR/settings.json" -out "$RESULTS" -figures "$FIGURES" ||
-	die "writing $RESULTS failed"
-echo "done in $(($(date +%s) - start))s; see $RESULTS"
+	  dropout:$dropout, rank:$rank, seeds:$seeds, tasks:$tasks, acc_tasks:$acc_tasks, acc_seeds:$acc_seeds, heads:$heads, sweep_tasks:$sweep_tasks, sweep_ranks:$sweep_ranks, sweep_seeds:$sweep_seeds, sweep_only:$sweep_only, precision:$precision, machine:$machine, date:$date}' >"$HEADSDIR/settings.json"
+# SWEEP_ONLY: RESULTS-sensitivity.md's stability and accuracy runs were not made here: leave it
+out=$RESULTS
+[ -z "$SWEEP_ONLY" ] || out=""
+go run ./bench/spt/heads -cache "$CACHE" -runs "$RUNS" -heads "$HEADSDIR" -settings "$HEADSDIR/settings.json" -out "$out" \
+	-sweep-out "$SWEEP_RESULTS" -figures "$FIGURES" || die "writing $RESULTS / $SWEEP_RESULTS failed"
+echo "done in $(($(date +%s) - start))s; see ${out:+$out and }$SWEEP_RESULTS"
 if [ ${#failed[@]} -gt 0 ]; then
 	echo "failed: ${failed[*]}" >&2
 	exit 1

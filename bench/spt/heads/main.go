@@ -1,6 +1,7 @@
 // Command heads compares sensitivity heads (bench/spt/heads.sh): the seed-to-seed
 // overlap of the most sensitive entries and the accuracy of SPT with each head, and
-// writes bench/RESULTS-sensitivity.md. With -overlap A B it prints the top-1% and
+// writes bench/RESULTS-sensitivity.md; and LoRA-qv from the probe head and the budget
+// sweep per head, bench/RESULTS-sensitivity-sweep.md (-sweep-out). With -overlap A B it prints the top-1% and
 // top-5% overlap of two score files.
 package main
 
@@ -19,7 +20,8 @@ func main() {
 	runs := flag.String("runs", "", "folder of the tune runs (default: CACHE/runs)")
 	heads := flag.String("heads", "", "folder of the score files (default: CACHE/heads)")
 	settings := flag.String("settings", "", "settings.json written by heads.sh")
-	out := flag.String("out", "bench/RESULTS-sensitivity.md", "results file to write")
+	out := flag.String("out", "bench/RESULTS-sensitivity.md", "results file to write (empty: not written)")
+	sweepOut := flag.String("sweep-out", "", "results file of LoRA-qv from the probe head and the sweep per head (empty: not written)")
 	figures := flag.String("figures", "bench/figures", "folder of the figures")
 	flag.Parse()
 	log.SetFlags(0)
@@ -51,7 +53,18 @@ func main() {
 	if *heads == "" {
 		*heads = filepath.Join(*cache, "heads")
 	}
-	if err := report(*runs, *heads, *settings, *out, *figures); err != nil {
+	st, err := readSettings(*settings)
+	if err != nil {
 		log.Fatal(err)
+	}
+	if *out != "" {
+		if err := report(*runs, *heads, st, *out, *figures); err != nil {
+			log.Fatal(err)
+		}
+	}
+	if *sweepOut != "" {
+		if err := sweepReport(*runs, st, *sweepOut, *figures); err != nil {
+			log.Fatal(err)
+		}
 	}
 }

@@ -31,6 +31,12 @@ type settings struct {
 	Acc     []string `json:"acc_tasks"`
 	AccSeed []int    `json:"acc_seeds"`
 	Heads   []string `json:"heads"`
+	// The sweep (SWEEP_TASKS, SWEEP_RANKS, SWEEP_SEEDS); SweepOnly: SWEEP_ONLY=1, only
+	// the sweep and LoRA-qv-from-the-probe phases ran.
+	SweepTasks []string `json:"sweep_tasks"`
+	SweepRanks []int    `json:"sweep_ranks"`
+	SweepSeeds []int    `json:"sweep_seeds"`
+	SweepOnly  bool     `json:"sweep_only"`
 	// Precision is heads.sh's PRECISION (fp32 | bf16): the --precision of both the
 	// sensitivity scoring and the tune runs; empty in settings from before the knob.
 	Precision string `json:"precision"`
@@ -73,15 +79,20 @@ func stat(xs []float64) (mean, std float64) {
 	return mean, std
 }
 
-func report(runsDir, headsDir, settingsPath, out, figures string) error {
+// readSettings reads heads.sh's settings.json.
+func readSettings(path string) (settings, error) {
 	var st settings
-	b, err := os.ReadFile(settingsPath)
+	b, err := os.ReadFile(path)
 	if err != nil {
-		return err
+		return st, err
 	}
 	if err := json.Unmarshal(b, &st); err != nil {
-		return fmt.Errorf("%s: %w", settingsPath, err)
+		return st, fmt.Errorf("%s: %w", path, err)
 	}
+	return st, nil
+}
+
+func report(runsDir, headsDir string, st settings, out, figures string) error {
 	var w bytes.Buffer
 	p := func(format string, a ...any) { fmt.Fprintf(&w, format, a...) }
 	p("# Which head should sensitivity score through?\n\n")
@@ -312,7 +323,7 @@ func report(runsDir, headsDir, settingsPath, out, figures string) error {
 		p("\nBest SPT-LoRA by the suite mean: **%s** (%+.1f points over LoRA-qv).\n\n", bestName, best)
 	}
 	p("sptctl's default head (`--head` not given) is `probe`, chosen by this table and the stability section; `--head random` is the paper's rule. ")
-	p("The budget sweep of RESULTS.md (ranks 1-16 on two tasks) was not rerun per head: the machine time went to the four tasks × three seeds above.\n\n")
+	p("LoRA-qv started from the probe head (what the probe's gain is made of) and RESULTS.md's budget sweep per head: [RESULTS-sensitivity-sweep.md](RESULTS-sensitivity-sweep.md).\n\n")
 
 	// ---- where the sensitive weights are ----
 	p("## Where the sensitive weights sit, per head\n\n")
