@@ -292,7 +292,8 @@ func sweepSection(w *bytes.Buffer, rs *runSet, st settings, out, figures string)
 	p("## The budget sweep per head\n\n")
 	p("RESULTS.md's sweep with each head: LoRA-qv at rank r (q and v of every block) against SPT-LoRA (rank-%d modules) given exactly LoRA-qv-rank-r's trainable count, ", st.Rank)
 	p("ranks %v, seeds %v. The rank-%d row is the main runs. \"SPT − LoRA-qv\" pairs the runs of a seed. ", st.SweepRanks, st.SweepSeeds, st.Rank)
-	p("LoRA-qv starts from a fresh head; SPT-LoRA from its scoring head where that is the probe, else from the seeded random head.\n\n")
+	p("LoRA-qv starts from a fresh head; SPT-LoRA from its scoring head where that is the probe, else from the seeded random head: ")
+	p("the probe columns hold the start effect as well as the allocation's (the section above splits the two at rank %d; no LoRA-qv-from-the-probe runs at the other ranks).\n\n", st.Rank)
 	var figs []string
 	for _, t := range st.SweepTasks {
 		pts := sweepPoints(rs, st, t)
@@ -412,7 +413,7 @@ func plotHeadSweep(path, task string, st settings, pts []sweepPoint) (bool, erro
 	pl.X.Label.Text = "trainable parameters (LoRA-qv ranks " + strings.Trim(fmt.Sprint(st.SweepRanks), "[]") + "), log scale"
 	pl.Y.Label.Text = "test top-1 (%)"
 	pl.X.Scale = plot.LogScale{}
-	pl.X.Tick.Marker = plot.LogTicks{Prec: -1}
+	pl.X.Tick.Marker = countTicks(pts)
 	drawn := false
 	line := func(label string, c color.Color, get func(sweepPoint) []float64, shape draw.GlyphDrawer) error {
 		var xys plotter.XYs
@@ -468,4 +469,17 @@ func plotHeadSweep(path, task string, st settings, pts []sweepPoint) (bool, erro
 		return false, err
 	}
 	return true, pl.Save(8*vg.Inch, 5*vg.Inch, path)
+}
+
+// countTicks labels the x axis at the sweep's trainable counts (and ranks).
+type countTicks []sweepPoint
+
+func (c countTicks) Ticks(lo, hi float64) []plot.Tick {
+	var ts []plot.Tick
+	for _, pt := range c {
+		if pt.count > 0 {
+			ts = append(ts, plot.Tick{Value: float64(pt.count), Label: fmt.Sprintf("%s\nr=%d", commas(pt.count), pt.rank)})
+		}
+	}
+	return ts
 }
