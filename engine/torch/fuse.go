@@ -3,6 +3,7 @@ package torch
 import (
 	"math"
 
+	"github.com/sugarme/gotch"
 	"github.com/sugarme/gotch/ts"
 
 	"github.com/sptctl/sptctl/onnxio"
@@ -238,14 +239,21 @@ func (ix *fusionIndex) linear(n *onnxpb.NodeProto) (*fusion, []*onnxpb.NodeProto
 	if !transposed {
 		outDim = wt.GetDims()[0]
 	}
-	if bt == nil || bt.GetDataType() != onnxio.Float || len(bt.GetDims()) != 1 || bt.GetDims()[0] != outDim {
+	// A computed bias (a vector with sparse or partly trainable entries, as inject
+	// writes them) is checked at run time; an initializer here.
+	computed := bt == nil && !ix.isConst(b)
+	if !computed && (bt == nil || bt.GetDataType() != onnxio.Float || len(bt.GetDims()) != 1 || bt.GetDims()[0] != outDim) {
 		return nil, nil
 	}
 	chain := []*onnxpb.NodeProto{n}
 	if tr != nil {
 		chain = append(chain, tr)
 	}
-	return &fusion{at: add, mk: opLinearFused(transposed),
+	mk := opLinearFused(transposed)
+	if computed {
+		mk = opLinearFusedBias(transposed, outDim)
+	}
+	return &fusion{at: add, mk: mk,
 		node: &onnxpb.NodeProto{Name: add.Name, OpType: strp("Linear(fused MatMul/Add)"),
 			Input: []string{in[0], w, b}, Output: []string{out0(add)}}}, chain
 }
@@ -260,6 +268,65 @@ func opGeluFused(c *nodeCtx) (kernel, error) {
 		}
 		return one(x.Gelu("none", false))
 	}, nil
+}
+
+// isConst reports whether value is a Constant node's output (a scalar or a shape
+// operand, never a bias).
+func (ix *fusionIndex) isConst(value string) bool {
+	p := ix.producer[value]
+	return p != nil && p.GetOpType() == "Constant"
+}
+
+// linearBias is linear(x, w, b) when b is a float vector of out entries; else (a
+// computed value of another shape) linear(x, w) + b, what the unfused MatMul → Add
+// computes.
+func linearBias(x, w, b *ts.Tensor, out int64) (*ts.Tensor, error) {
+	bs, err := sizeOf(b)
+	if err != nil {
+		return nil, err
+	}
+	if len(bs) == 1 && bs[0] == out && b.DType() == gotch.Float {
+		y, err := ts.Linear(x, w, b)
+		return y, torchErr(err)
+	}
+	y, err := ts.Linear(x, w, new(ts.Tensor))
+	if err != nil {
+		return nil, torchErr(err)
+	}
+	defer y.Drop()
+	s, err := y.Add(b, false)
+	return s, torchErr(err)
+}
+
+// opLinearFusedBias is opLinearFused with a computed bias (see linearBias): under
+// autocast the bias is cast like an initializer bias and the output stays bfloat16,
+// where MatMul → Add(float32 bias) would promote it (and what follows) to float32.
+func opLinearFusedBias(transposed bool, out int64) opFunc {
+	return func(c *nodeCtx) (kernel, error) {
+		return func(r *runCtx, in []value) ([]value, error) {
+			x, err := r.T(in[0])
+			if err != nil {
+				return nil, err
+			}
+			w, err := r.T(in[1])
+			if err != nil {
+				return nil, err
+			}
+			b, err := r.T(in[2])
+			if err != nil {
+				return nil, err
+			}
+			if transposed {
+				wt, err := w.Transpose(0, 1, false)
+				if err != nil {
+					return nil, torchErr(err)
+				}
+				defer wt.Drop()
+				w = wt
+			}
+			return one(linearBias(x, w, b, out))
+		}, nil
+	}
 }
 
 // opLinearFused: y = x W + b with W stored [in, out] (transposed: what MatMul reads),

@@ -27,6 +27,8 @@ type sparseChain struct {
 	x, w, b    string   // b "" if the MatMul's output is not followed by a bias Add
 	idx, vals  []string // per part: the ScatterND indices (initializer) and updates
 	transposed bool     // W stored [in, out] (MatMul reads it as is)
+	computedB  bool     // b is computed (its shape checked at run time), not an initializer
+	out        int64    // the output's size
 	nodes      []*onnxpb.NodeProto
 	last       *onnxpb.NodeProto // the bias Add, or the MatMul
 }
@@ -155,17 +157,24 @@ func matchSparseLinear(n *onnxpb.NodeProto, producer map[string]*onnxpb.NodeProt
 	if !c.transposed {
 		outDim = dims[0]
 	}
-	isBias := func(v string) (string, bool) {
+	c.out = outDim
+	// A computed bias (a vector with sparse or partly trainable entries, as inject
+	// writes them) has its shape checked at run time (linearBias).
+	isBias := func(v string) (name string, ok, computed bool) {
 		name, bt := initOf(v)
-		return name, bt != nil && bt.GetDataType() == onnxio.Float && len(bt.GetDims()) == 1 && bt.GetDims()[0] == outDim
+		if bt == nil {
+			p := producer[name]
+			return name, p != nil && p.GetOpType() != "Constant", true
+		}
+		return name, bt.GetDataType() == onnxio.Float && len(bt.GetDims()) == 1 && bt.GetDims()[0] == outDim, false
 	}
 	if gemm {
 		if len(in) == 3 && in[2] != "" {
-			name, ok := isBias(in[2])
+			name, ok, computed := isBias(in[2])
 			if !ok {
 				return nil
 			}
-			c.b = name
+			c.b, c.computedB = name, computed
 		}
 		return c
 	}
@@ -174,8 +183,8 @@ func matchSparseLinear(n *onnxpb.NodeProto, producer map[string]*onnxpb.NodeProt
 		if other == n.GetOutput()[0] {
 			other = a.GetInput()[1]
 		}
-		if name, ok := isBias(other); ok {
-			c.b = name
+		if name, ok, computed := isBias(other); ok {
+			c.b, c.computedB = name, computed
 			c.nodes = append(c.nodes, n)
 			c.last = a
 		}
@@ -201,15 +210,16 @@ func (c *sparseChain) fusion() *fusion {
 	for k := range c.idx {
 		in = append(in, c.idx[k], c.vals[k])
 	}
-	return &fusion{at: c.last, mk: opSparseLinear(c.transposed),
+	return &fusion{at: c.last, mk: opSparseLinear(c.transposed, c.computedB, c.out),
 		node: &onnxpb.NodeProto{Name: c.last.Name, OpType: strp("SparseLinear(fused MatMul/Add/ScatterND)"),
 			Input: in, Output: []string{c.last.GetOutput()[0]}}}
 }
 
 // opSparseLinear: y = linear(x, W, b) + S·x (see sparse.go), W stored [in, out]
 // (transposed) or [out, in]. The index pairs (output, input) are made once, at
-// compile time, from the ScatterND indices (in W's stored layout).
-func opSparseLinear(transposed bool) opFunc {
+// compile time, from the ScatterND indices (in W's stored layout). computedB: b is a
+// computed value (linearBias checks its shape at run time); out is the output's size.
+func opSparseLinear(transposed, computedB bool, out int64) opFunc {
 	return func(c *nodeCtx) (kernel, error) {
 		var pairs []*constfold.Tensor
 		for k := 3; k+1 < len(c.static); k += 2 {
@@ -250,9 +260,15 @@ func opSparseLinear(transposed bool) opFunc {
 				defer wt.Drop()
 				w = wt
 			}
-			y, err := ts.Linear(x, w, b)
+			var y *ts.Tensor
+			if computedB {
+				y, err = linearBias(x, w, b, out)
+			} else {
+				y, err = ts.Linear(x, w, b)
+				err = torchErr(err)
+			}
 			if err != nil {
-				return nil, torchErr(err)
+				return nil, err
 			}
 			defer y.Drop()
 			var pts, vts []*ts.Tensor
