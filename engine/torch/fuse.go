@@ -19,10 +19,13 @@ import (
 //   - GELU: Div(x, √2) → Erf → Add(·, 1) → Mul(x, ·) → Mul(·, 0.5)  ⇒  gelu(x)
 //   - linear: MatMul(x, Wᵀ) → Add(b, ·)  ⇒  linear(x, W, b) (at::linear: addmm), where
 //     Wᵀ is a 2-D float initializer (exported pre-transposed) or Transpose(W, perm 1,0)
-//     of one (constant folding off) and b a 1-D float initializer.
+//     of one (constant folding off) and b a 1-D float initializer or a computed value
+//     (a bias with trainable entries; its shape is checked at run time, see linearBias).
 //   - sparse-delta linear: MatMul over W + ScatterND(zeros, idx, v) [→ Add(b)], or
 //     Gemm over it  ⇒
 //     linear(x, W, b) + the sparse-delta op (fuse_sparse.go).
+//   - under bf16 only: Softmax(last axis) → MatMul  ⇒  one op that keeps the scores
+//     instead of the probabilities (attn.go).
 //
 // Only chains whose intermediate values nothing else reads (and no graph output is)
 // are fused. The fused step takes the place of the chain's last node and is named
