@@ -17,10 +17,13 @@ import (
 //	    ConstantOfShape(dims of W), idx₁, v₁)…, idx_k, v_k))
 //
 // (W stored [in, out] as the exporter writes it, or [out, in] behind a
-// Transpose(perm 1,0); k > 1 for the parts of a fused q/k/v weight), runs as
-// linear(x, W, b) plus the sparse-delta op (sparse.go): the forward values are the
-// same, but no zero tensor of W's size is made, W + S is never formed and backward
-// computes only the entries' gradients (W itself gets one only if it is trainable).
+// Transpose(perm 1,0); k > 1 for the parts of a fused q/k/v weight; b an initializer
+// or computed, e.g. inject's sparse-delta chain over one), runs as linear(x, W, b) plus
+// the sparse-delta op (sparse.go): the forward values are the same, but no zero tensor
+// of W's size is made, W + S is never formed and backward computes only the entries'
+// gradients (W itself gets one only if it is trainable). Small frozen weights
+// (sparseAsWeight) run as linear(x, W + S, b) instead, the op giving only the values'
+// gradients.
 
 // sparseChain is a matched chain: what the fused node reads and the nodes it replaces.
 type sparseChain struct {
@@ -203,6 +206,12 @@ func zeroFill(n *onnxpb.NodeProto) bool {
 	return false // ONNX's default fill is float zero, but inject always writes it
 }
 
+// The fused steps' op names, by the weight's stored layout.
+const (
+	sparseOpInOut = "SparseLinear(fused MatMul/Add/ScatterND, W [in, out])"
+	sparseOpOutIn = "SparseLinear(fused MatMul/Gemm/Add/ScatterND, W [out, in])"
+)
+
 // fusion returns the fused step: inputs x, W, b ("" if none), then idx and values
 // per part.
 func (c *sparseChain) fusion() *fusion {
@@ -210,10 +219,19 @@ func (c *sparseChain) fusion() *fusion {
 	for k := range c.idx {
 		in = append(in, c.idx[k], c.vals[k])
 	}
+	op := sparseOpOutIn
+	if c.transposed {
+		op = sparseOpInOut
+	}
 	return &fusion{at: c.last, mk: opSparseLinear(c.transposed, c.computedB, c.out),
-		node: &onnxpb.NodeProto{Name: c.last.Name, OpType: strp("SparseLinear(fused MatMul/Add/ScatterND)"),
+		node: &onnxpb.NodeProto{Name: c.last.Name, OpType: strp(op),
 			Input: in, Output: []string{c.last.GetOutput()[0]}}}
 }
+
+// sparseAsWeight says whether a sparse-delta linear with a frozen weight [out, in]
+// over rows rows runs as linear(x, W + S) (see opSparseLinear). A variable: tests run
+// both ways.
+var sparseAsWeight = func(out, in, rows int64) bool { return out*in <= 1<<18 && 2*out <= rows }
 
 // opSparseLinear: y = linear(x, W, b) + S·x (see sparse.go), W stored [in, out]
 // (transposed) or [out, in]. The index pairs (output, input) are made once, at
@@ -260,17 +278,31 @@ func opSparseLinear(transposed, computedB bool, out int64) opFunc {
 				defer wt.Drop()
 				w = wt
 			}
-			var y *ts.Tensor
-			if computedB {
-				y, err = linearBias(x, w, b, out)
-			} else {
-				y, err = ts.Linear(x, w, b)
-				err = torchErr(err)
+			// At more than 2 dimensions at::linear returns a view of addmm's [rows, out]
+			// result, and the sparse op, which adds into y in place, would then make
+			// autograd wrap it in CopySlices (a clone and a copy of the output gradient
+			// per call). So the rows are flattened here and the sum reshaped back (not
+			// for a computed bias other than a vector of out entries: it broadcasts
+			// over x's dimensions).
+			var outShape []int64
+			flat := x.Dim() > 2
+			if flat && computedB {
+				bs, err := sizeOf(b)
+				flat = err == nil && len(bs) == 1 && bs[0] == out
 			}
-			if err != nil {
-				return nil, err
+			if flat {
+				xs, err := x.Size()
+				if err != nil {
+					return nil, torchErr(err)
+				}
+				x2, err := x.Reshape([]int64{-1, xs[len(xs)-1]}, false)
+				if err != nil {
+					return nil, torchErr(err)
+				}
+				defer x2.Drop()
+				x = x2
+				outShape = append(append([]int64{}, xs[:len(xs)-1]...), out)
 			}
-			defer y.Drop()
 			var pts, vts []*ts.Tensor
 			for k, p := range pairs {
 				pt, err := r.T(value{h: p, static: true})
@@ -283,7 +315,47 @@ func opSparseLinear(transposed, computedB bool, out int64) opFunc {
 				}
 				pts, vts = append(pts, pt), append(vts, vt)
 			}
-			return one(sparseDeltaAdd(y, x, pts, vts))
+			// A small frozen weight (sparseAsWeight: at most 2^18 elements and out ≤
+			// rows/2, the small ViT's layers at batch 64, none of vit_b_16's) is
+			// multiplied as W + S, a copy of W's size made per step: the linear's
+			// backward then gives x its whole gradient in one product, where the
+			// separate sparse share costs a full-size ∂/∂x ([rows, in], at least twice
+			// W's size here) and its sum with the linear's. The op then only gives the
+			// values their gradients.
+			add := true
+			if ws, err := w.Size(); err == nil && len(ws) == 2 && !w.MustRequiresGrad() {
+				add = !sparseAsWeight(ws[0], ws[1], int64(x.Numel())/max(ws[1], 1))
+			}
+			xs := x
+			if !add {
+				weff, err := sparseWeight(w, pts, vts)
+				if err != nil {
+					return nil, torchErr(err)
+				}
+				defer weff.Drop()
+				w = weff
+				if xs, err = x.Detach(false); err != nil {
+					return nil, torchErr(err)
+				}
+				defer xs.Drop()
+			}
+			var y *ts.Tensor
+			if computedB {
+				y, err = linearBias(x, w, b, out)
+			} else {
+				y, err = ts.Linear(x, w, b)
+				err = torchErr(err)
+			}
+			if err != nil {
+				return nil, err
+			}
+			defer y.Drop()
+			sum, err := sparseDeltaAdd(y, xs, pts, vts, add)
+			if err != nil || outShape == nil {
+				return one(sum, err)
+			}
+			defer sum.Drop()
+			return one(sum.Reshape(outShape, false))
 		}, nil
 	}
 }

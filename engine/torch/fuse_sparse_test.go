@@ -23,6 +23,76 @@ import (
 func TestSparseLinearFusion(t *testing.T) {
 	for _, name := range []string{"tv_op17_dynamic", "tv_op13_nofold", "timm_op17", "hf_op17"} {
 		t.Run(name, func(t *testing.T) {
+			bothWays(t, func(t *testing.T) { sparseFusionCycle(t, name) })
+		})
+	}
+}
+
+// bothWays runs f with the sparse-delta linears as linear(x, W) + the op's sparse share
+// and as linear(x, W + S) with the op giving only the values' gradients.
+func bothWays(t *testing.T, f func(t *testing.T)) {
+	saved := sparseAsWeight
+	defer func() { sparseAsWeight = saved }()
+	for _, asWeight := range []bool{false, true} {
+		sparseAsWeight = func(int64, int64, int64) bool { return asWeight }
+		t.Run(map[bool]string{false: "delta", true: "weight"}[asWeight], f)
+	}
+}
+
+func sparseFusionCycle(t *testing.T, name string) {
+	checkSparseFusion(t, name, func(p *inject.Plan, v *surgery.ViT, rng *rand.Rand) {
+		modes := []string{inject.ModeSparse, inject.ModeLoRA, inject.ModeSparse}
+		injected.Cycle(p, v, modes, func(lp inject.LayerPlan, l *surgery.Linear) bool {
+			return lp.Mode == inject.ModeSparse || l.Block == 0
+		}, rng)
+	})
+}
+
+// Every block matrix sparse and every block vector sparse too: a layer's bias is then
+// inject's sparse-delta chain over it (Add(b, ScatterND(zeros, idx, v))), the fused
+// step's bias a run-time value. torchvision's attention output projection is then a
+// Gemm over the [out, in] weight (transB 1) with that bias: it too must be fused, and
+// the gradients of the weight's and the bias's entries must equal the dense path's.
+func TestSparseLinearFusionSparseBias(t *testing.T) {
+	for _, name := range []string{"tv_op17_dynamic", "tv_op13_nofold", "timm_op17", "hf_op17"} {
+		t.Run(name, func(t *testing.T) {
+			bothWays(t, func(t *testing.T) {
+				res := checkSparseFusion(t, name, func(p *inject.Plan, v *surgery.ViT, rng *rand.Rand) {
+					for _, l := range v.Linears() {
+						lp := injected.Layer(l, inject.ModeSparse, 0)
+						injected.AddSparse(&lp, l, 9, rng)
+						p.Layers = append(p.Layers, lp)
+					}
+					for _, vec := range v.Vectors() {
+						p.Vectors = append(p.Vectors, injected.Vector(vec, inject.ModeSparse, 3, rng))
+					}
+					p.Recount()
+				})
+				if res.runtimeBias == 0 {
+					t.Errorf("no fused step has a sparse-delta bias: the case is not exercised")
+				}
+				if res.outIn == 0 && strings.HasPrefix(name, "tv_") {
+					t.Errorf("no fused step over an [out, in] weight (torchvision's out_proj Gemm)")
+				}
+			})
+		})
+	}
+}
+
+// sparseFusionResult: what checkSparseFusion saw of the fused program.
+type sparseFusionResult struct {
+	runtimeBias int // fused steps whose bias is computed by other steps
+	outIn       int // fused steps over a weight stored [out, in]
+}
+
+// checkSparseFusion injects the plan build makes (on Allocate's linear plan without its
+// layers and vectors) into fixture name, perturbs the injected tensors, and checks that
+// the fused program gives the unfused one's logits, loss and gradients of every
+// trainable tensor, with one fused step per weight with sparse entries.
+func checkSparseFusion(t *testing.T, name string, build func(*inject.Plan, *surgery.ViT, *rand.Rand)) sparseFusionResult {
+	var sres sparseFusionResult
+	{
+		{
 			f := fixture.Load(t, fixture.Path(t, name))
 			opt := inject.DefaultOptions()
 			opt.Strategy = inject.Linear
@@ -32,10 +102,7 @@ func TestSparseLinearFusion(t *testing.T) {
 				t.Fatal(err)
 			}
 			rng := rand.New(rand.NewPCG(5, 5))
-			modes := []string{inject.ModeSparse, inject.ModeLoRA, inject.ModeSparse}
-			injected.Cycle(p, f.V, modes, func(lp inject.LayerPlan, l *surgery.Linear) bool {
-				return lp.Mode == inject.ModeSparse || l.Block == 0
-			}, rng)
+			build(p, f.V, rng)
 			weights := map[string]bool{}
 			for _, l := range p.Layers {
 				if len(l.Indices) > 0 {
@@ -83,6 +150,16 @@ func TestSparseLinearFusion(t *testing.T) {
 					for _, s := range prog.steps {
 						if strings.HasPrefix(s.op, "SparseLinear") {
 							out.fused++
+							if !noFusion {
+								if b := s.in[2]; b >= 0 && !prog.isParam[b] {
+									if !prog.isStatic[b] {
+										sres.runtimeBias++
+									}
+								}
+								if s.op == sparseOpOutIn {
+									sres.outIn++
+								}
+							}
 						}
 						if s.op == "ConstantOfShape" {
 							out.fills++
@@ -135,6 +212,7 @@ func TestSparseLinearFusion(t *testing.T) {
 					t.Errorf("%s: ‖fused − unfused‖ = %.3g, ‖unfused‖ = %.3g", nm, d, nb)
 				}
 			}
-		})
+		}
 	}
+	return sres
 }

@@ -158,16 +158,28 @@ std::vector<int64_t> indexVector(const at::Tensor &t) {
 
 int64_t tiles(int64_t rows) { return (rows + kTile - 1) / kTile; }
 
+// grain is parallel_for's grain size for tiles that each cost about perTile
+// multiply-adds or copies: a small layer's tiles run on the calling thread, as waking
+// the pool for a few microseconds of work costs more than the work (the small ViT's
+// layers: ~100 entries over 1,088 rows).
+int64_t grain(int64_t perTile) {
+  constexpr int64_t kMinWork = 1 << 17; // per thread, of the units above
+  return std::max<int64_t>(1, kMinWork / std::max<int64_t>(perTile, 1));
+}
+
 struct SparseDeltaAdd : public Function<SparseDeltaAdd> {
   // Inputs: y [.., out], x [.., in], vals (one per part), pairs (one per part).
+  // add false: y already holds the entries' share (the caller multiplied by W + S, see
+  // sptctl_sparse_weight); the op then only records what the values' gradients need
+  // and returns y itself.
   static variable_list forward(AutogradContext *ctx, at::Tensor y, at::Tensor x,
-                               at::TensorList vals, at::TensorList pairs) {
+                               at::TensorList vals, at::TensorList pairs, bool add) {
     const int64_t out = y.size(-1), in = x.size(-1);
     auto xc = x.to(at::kFloat).contiguous();
     // The sum goes into y itself when it is a contiguous float tensor (the fused linear's
     // fresh output: no copy of it); else into a float copy (y in bfloat16 under autocast).
     at::Tensor res;
-    if (y.scalar_type() == at::kFloat && y.is_contiguous()) {
+    if (!add || (y.scalar_type() == at::kFloat && y.is_contiguous())) {
       ctx->mark_dirty({y});
       res = y;
     } else {
@@ -188,13 +200,20 @@ struct SparseDeltaAdd : public Function<SparseDeltaAdd> {
     // of those columns are kept ([tiles, nc, kTile]), not x.
     auto xt = at::empty({tiles(rows), nc, kTile}, xc.options());
     const float *xp = xc.data_ptr<float>();
-    float *rp = res.data_ptr<float>(), *xtp = xt.data_ptr<float>();
-    at::parallel_for(0, tiles(rows), 1, [&](int64_t b, int64_t e) {
+    float *rp = add ? res.data_ptr<float>() : nullptr, *xtp = xt.data_ptr<float>();
+    int64_t entries = 0;
+    for (const auto &v : vs) {
+      entries += v.numel();
+    }
+    at::parallel_for(0, tiles(rows), grain((nc + 2 * no + entries) * kTile), [&](int64_t b, int64_t e) {
       std::vector<float> ys(no * kTile);
       for (int64_t tile = b; tile < e; tile++) {
         const int64_t t0 = tile * kTile, tb = std::min(kTile, rows - t0);
         float *xs = xtp + tile * nc * kTile;
         gather(xs, xp, in, sl.cols, t0, tb);
+        if (!add) {
+          continue;
+        }
         std::fill(ys.begin(), ys.end(), 0.0f);
         for (size_t p = 0; p < vs.size(); p++) {
           axpyT(ys.data(), xs, sl.pairs[p].data_ptr<int32_t>(), 0, vs[p].data_ptr<float>(), vs[p].numel());
@@ -235,7 +254,9 @@ struct SparseDeltaAdd : public Function<SparseDeltaAdd> {
       wantDV[p] = ctx->needs_input_grad(2 + p);
       off[p + 1] = off[p] + saved[3 + 2 * p].numel();
     }
-    at::Tensor dx = wantDX ? at::zeros(xSizes, g.options()) : at::Tensor();
+    // dx is zeroed tile by tile below, by the thread that fills the tile's rows (no
+    // separate pass over it).
+    at::Tensor dx = wantDX ? at::empty(xSizes, g.options()) : at::Tensor();
     // ∂/∂v_k = Σ_t x[t, i_k] g[t, o_k]: each thread sums its tiles into its own row of
     // partial, then the rows are summed.
     const int64_t threads = at::get_num_threads();
@@ -243,7 +264,7 @@ struct SparseDeltaAdd : public Function<SparseDeltaAdd> {
     const float *xtp = xt.data_ptr<float>(), *gp = g.data_ptr<float>();
     float *dp = wantDX ? dx.data_ptr<float>() : nullptr;
     float *acc0 = partial.data_ptr<float>();
-    at::parallel_for(0, tiles(rows), 1, [&](int64_t b, int64_t e) {
+    at::parallel_for(0, tiles(rows), grain((2 * nc + no + 2 * off[parts] + (wantDX ? in : 0)) * kTile), [&](int64_t b, int64_t e) {
       std::vector<float> gs(no * kTile), dxs(wantDX ? nc * kTile : 0);
       float *acc = acc0 + at::get_thread_num() * off[parts];
       for (int64_t tile = b; tile < e; tile++) {
@@ -264,6 +285,7 @@ struct SparseDeltaAdd : public Function<SparseDeltaAdd> {
           }
         }
         if (wantDX) {
+          std::fill(dp + t0 * in, dp + (t0 + tb) * in, 0.0f);
           scatterAdd(dp, dxs.data(), in, cols, t0, tb);
         }
       }
@@ -278,6 +300,7 @@ struct SparseDeltaAdd : public Function<SparseDeltaAdd> {
     for (size_t p = 0; p < parts; p++) {
       res.push_back(at::Tensor()); // pairs: integers, no gradient
     }
+    res.push_back(at::Tensor()); // add
     return res;
   }
 };
@@ -292,7 +315,37 @@ void setErr(char *err, int errlen, const char *msg) {
 
 } // namespace
 
-extern "C" void *sptctl_sparse_delta_add(void *y, void *x, void **pairs, void **vals, int nparts,
+extern "C" void *sptctl_sparse_weight(void *w, void **pairs, void **vals, int nparts, char *err, int errlen) {
+  try {
+    at::NoGradGuard noGrad;
+    auto &wt = *static_cast<at::Tensor *>(w);
+    if (wt.dim() != 2) {
+      setErr(err, errlen, "sparse weight: want a 2-D weight");
+      return nullptr;
+    }
+    auto res = wt.detach().to(at::kFloat).clone(at::MemoryFormat::Contiguous);
+    for (int p = 0; p < nparts; p++) {
+      const auto &v = *static_cast<at::Tensor *>(vals[p]);
+      const auto &pr = *static_cast<at::Tensor *>(pairs[p]);
+      if (pr.scalar_type() != at::kLong || pr.dim() != 2 || pr.size(1) != 2 || v.dim() != 1 || v.size(0) != pr.size(0)) {
+        setErr(err, errlen, "sparse weight: want index pairs int64 [n, 2] and values [n]");
+        return nullptr;
+      }
+      // W + S as the graph's Add(W, ScatterND(zeros, idx, v)) forms it: w + v at each
+      // entry (the entries are distinct).
+      auto o = pr.select(1, 0), i = pr.select(1, 1);
+      res.index_put_({o, i}, res.index({o, i}) + v.detach().to(at::kFloat));
+    }
+    return new at::Tensor(res);
+  } catch (const std::exception &e) {
+    setErr(err, errlen, e.what());
+  } catch (...) {
+    setErr(err, errlen, "sparse weight: unknown C++ exception");
+  }
+  return nullptr;
+}
+
+extern "C" void *sptctl_sparse_delta_add(void *y, void *x, void **pairs, void **vals, int nparts, int add,
                                          char *err, int errlen) {
   try {
     auto &yt = *static_cast<at::Tensor *>(y);
@@ -314,7 +367,7 @@ extern "C" void *sptctl_sparse_delta_add(void *y, void *x, void **pairs, void **
       vs.push_back(v);
       ps.push_back(pr);
     }
-    auto out = SparseDeltaAdd::apply(yt, xt, at::TensorList(vs), at::TensorList(ps));
+    auto out = SparseDeltaAdd::apply(yt, xt, at::TensorList(vs), at::TensorList(ps), add != 0);
     return new at::Tensor(out[0]);
   } catch (const std::exception &e) {
     setErr(err, errlen, e.what());

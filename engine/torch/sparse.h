@@ -16,7 +16,16 @@ extern "C" {
 // output gradient's column o_k over the rows). On an error it returns NULL and writes
 // a message of at most errlen bytes (NUL-terminated) to err. The caller checks that
 // every index is in range (output index < out, input index < in).
-void *sptctl_sparse_delta_add(void *y, void *x, void **pairs, void **vals, int nparts, char *err, int errlen);
+// With add 0 the op adds nothing: y already holds the entries' share (y = x·(W + S)ᵀ + b,
+// W + S from sptctl_sparse_weight); only the values' gradients come from it (and x gets
+// none from it: the caller passes x detached, the linear's backward has the share).
+void *sptctl_sparse_delta_add(void *y, void *x, void **pairs, void **vals, int nparts, int add, char *err, int errlen);
+
+// sptctl_sparse_weight returns a new tensor handle for W + Σ_p S_p (float, [out, in] as
+// w, entries as in sptctl_sparse_delta_add, which must be distinct), made without
+// autograd: a constant for the step's linear, whose backward then gives x the whole
+// ∂/∂x (dense and sparse shares) in one product. NULL and a message on an error.
+void *sptctl_sparse_weight(void *w, void **pairs, void **vals, int nparts, char *err, int errlen);
 
 #ifdef __cplusplus
 }

@@ -98,7 +98,7 @@ func TestSparseDeltaGradient(t *testing.T) {
 			return err
 		}
 		defer y.Drop()
-		z, err := sparseDeltaAdd(y, xt, pts, vts)
+		z, err := sparseDeltaAdd(y, xt, pts, vts, true)
 		if err != nil {
 			return err
 		}
@@ -240,7 +240,7 @@ func BenchmarkSparseDelta(b *testing.B) {
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		onTorch(b, func() error {
-			z, err := sparseDeltaAdd(y, x, pts, vts)
+			z, err := sparseDeltaAdd(y, x, pts, vts, true)
 			if err != nil {
 				return err
 			}
