@@ -252,11 +252,11 @@ func (ix *fusionIndex) linear(n *onnxpb.NodeProto) (*fusion, []*onnxpb.NodeProto
 	if tr != nil {
 		chain = append(chain, tr)
 	}
-	mk := opLinearFused(transposed)
+	var computedOut int64
 	if computed {
-		mk = opLinearFusedBias(transposed, outDim)
+		computedOut = outDim
 	}
-	return &fusion{at: add, mk: mk,
+	return &fusion{at: add, mk: opLinearFused(transposed, computedOut),
 		node: &onnxpb.NodeProto{Name: add.Name, OpType: strp("Linear(fused MatMul/Add)"),
 			Input: []string{in[0], w, b}, Output: []string{out0(add)}}}, chain
 }
@@ -301,40 +301,12 @@ func linearBias(x, w, b *ts.Tensor, out int64) (*ts.Tensor, error) {
 	return s, torchErr(err)
 }
 
-// opLinearFusedBias is opLinearFused with a computed bias (see linearBias): under
-// autocast the bias is cast like an initializer bias and the output stays bfloat16,
-// where MatMul → Add(float32 bias) would promote it (and what follows) to float32.
-func opLinearFusedBias(transposed bool, out int64) opFunc {
-	return func(c *nodeCtx) (kernel, error) {
-		return func(r *runCtx, in []value) ([]value, error) {
-			x, err := r.T(in[0])
-			if err != nil {
-				return nil, err
-			}
-			w, err := r.T(in[1])
-			if err != nil {
-				return nil, err
-			}
-			b, err := r.T(in[2])
-			if err != nil {
-				return nil, err
-			}
-			if transposed {
-				wt, err := w.Transpose(0, 1, false)
-				if err != nil {
-					return nil, torchErr(err)
-				}
-				defer wt.Drop()
-				w = wt
-			}
-			return one(linearBias(x, w, b, out))
-		}, nil
-	}
-}
-
 // opLinearFused: y = x W + b with W stored [in, out] (transposed: what MatMul reads),
-// or y = x Wᵀ + b with W stored [out, in] (PyTorch's layout, behind a Transpose).
-func opLinearFused(transposed bool) opFunc {
+// or y = x Wᵀ + b with W stored [out, in] (PyTorch's layout, behind a Transpose). With
+// computedOut > 0 the bias is a computed value, checked at run time (linearBias): under
+// autocast it is cast like an initializer bias and the output stays bfloat16, where
+// MatMul → Add(float32 bias) would promote it (and what follows) to float32.
+func opLinearFused(transposed bool, computedOut int64) opFunc {
 	return func(c *nodeCtx) (kernel, error) {
 		return func(r *runCtx, in []value) ([]value, error) {
 			x, err := r.T(in[0])
@@ -356,6 +328,9 @@ func opLinearFused(transposed bool) opFunc {
 				}
 				defer wt.Drop()
 				w = wt
+			}
+			if computedOut > 0 {
+				return one(linearBias(x, w, b, computedOut))
 			}
 			return one(ts.Linear(x, w, b))
 		}, nil
