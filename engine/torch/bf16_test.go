@@ -18,21 +18,8 @@ import (
 // 8-bit mantissa (relative rounding ~0.4%), which bounds what can be asked.
 func TestBF16StepMovesLossLikeFP32(t *testing.T) {
 	m, _, _ := loadFixture(t, "tv_op17_dynamic")
-	const n = 8
 	rng := rand.New(rand.NewPCG(3, 4))
-	in := m.GetGraph().GetInput()[0].GetType().GetTensorType().GetShape().GetDim()
-	per := 1
-	for _, d := range in[1:] {
-		per *= int(d.GetDimValue())
-	}
-	images := make([]float32, n*per)
-	for k := range images {
-		images[k] = float32(rng.NormFloat64())
-	}
-	labels := make([]int64, n)
-	for k := range labels {
-		labels[k] = int64(k % 5)
-	}
+	images, labels, n := randomBatch(m, 8, 5, rng) // dynamic batch: 8
 	type run struct {
 		loss0, loss1 float64
 		grad         []float32

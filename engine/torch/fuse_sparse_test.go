@@ -115,23 +115,7 @@ func checkSparseFusion(t *testing.T, name string, build func(*inject.Plan, *surg
 			if err != nil {
 				t.Fatal(err)
 			}
-			in := f.M.GetGraph().GetInput()[0].GetType().GetTensorType().GetShape().GetDim()
-			n := 3
-			if d := in[0].GetDimValue(); d > 0 {
-				n = int(d)
-			}
-			per := 1
-			for _, d := range in[1:] {
-				per *= int(d.GetDimValue())
-			}
-			images := make([]float32, n*per)
-			for k := range images {
-				images[k] = float32(rng.NormFloat64())
-			}
-			labels := make([]int64, n)
-			for k := range labels {
-				labels[k] = int64(k % 3)
-			}
+			images, labels, n := randomBatch(f.M, 3, 3, rng)
 			type result struct {
 				res   *engine.StepResult
 				grads map[string][]float32
