@@ -66,8 +66,7 @@ func DropFrozen(m *onnxpb.ModelProto) error {
 			t.RawData = slices.Clone(t.RawData)
 			continue
 		}
-		t.RawData, t.FloatData, t.DoubleData = nil, nil, nil
-		t.Int32Data, t.Int64Data, t.Uint64Data, t.StringData = nil, nil, nil, nil
+		onnxio.DropTensorData(t)
 	}
 	return nil
 }

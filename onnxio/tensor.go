@@ -249,9 +249,15 @@ var nativeLittleEndian = binary.NativeEndian.Uint16([]byte{1, 0}) == 1
 // that have handed the weights on (to the executor) and need only the graph.
 func DropData(g *onnxpb.GraphProto) {
 	for _, t := range g.GetInitializer() {
-		t.RawData, t.FloatData, t.DoubleData = nil, nil, nil
-		t.Int32Data, t.Int64Data, t.Uint64Data, t.StringData = nil, nil, nil, nil
+		DropTensorData(t)
 	}
+}
+
+// DropTensorData removes one tensor's values (raw_data and the typed fields), keeping
+// its name, type and shape: DropData for callers that keep some tensors' data.
+func DropTensorData(t *onnxpb.TensorProto) {
+	t.RawData, t.FloatData, t.DoubleData = nil, nil, nil
+	t.Int32Data, t.Int64Data, t.Uint64Data, t.StringData = nil, nil, nil, nil
 }
 
 // Int64s returns a copy of an int64 tensor's values.
