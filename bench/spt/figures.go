@@ -12,6 +12,8 @@ import (
 	"gonum.org/v1/plot/vg"
 	"gonum.org/v1/plot/vg/draw"
 	"gonum.org/v1/plot/vg/vgimg"
+
+	"github.com/sptctl/sptctl/bench/internal/plotline"
 )
 
 // ---------- figures ----------
@@ -222,23 +224,7 @@ func plotSweep(task string, pts []sweepPoint) (*plot.Plot, error) {
 			xys[i].X, xys[i].Y = float64(n), s.Mean
 			errs[i].Low, errs[i].High = s.Std, s.Std
 		}
-		l, sc, err := plotter.NewLinePoints(xys)
-		if err != nil {
-			return err
-		}
-		l.Color, l.Width = c, vg.Points(2)
-		sc.Color, sc.Shape, sc.Radius = c, shape, vg.Points(4)
-		eb, err := plotter.NewYErrorBars(struct {
-			plotter.XYs
-			plotter.YErrors
-		}{xys, errs})
-		if err != nil {
-			return err
-		}
-		eb.Color, eb.Width, eb.CapWidth = c, vg.Points(1.5), vg.Points(8)
-		p.Add(l, sc, eb)
-		p.Legend.Add(name, l, sc)
-		return nil
+		return plotline.Add(p, name, c, shape, xys, errs)
 	}
 	ranks := make([]string, len(pts))
 	for i, pt := range pts {

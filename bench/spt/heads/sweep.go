@@ -16,6 +16,7 @@ import (
 	"gonum.org/v1/plot/vg"
 	"gonum.org/v1/plot/vg/draw"
 
+	"github.com/sptctl/sptctl/bench/internal/plotline"
 	"github.com/sptctl/sptctl/onnxio"
 )
 
@@ -433,24 +434,8 @@ func plotHeadSweep(path, task string, st settings, pts []sweepPoint) (bool, erro
 		if len(xys) == 0 {
 			return nil
 		}
-		l, sc, err := plotter.NewLinePoints(xys)
-		if err != nil {
-			return err
-		}
-		l.Color, l.Width = c, vg.Points(2)
-		sc.Color, sc.Shape, sc.Radius = c, shape, vg.Points(4)
-		eb, err := plotter.NewYErrorBars(struct {
-			plotter.XYs
-			plotter.YErrors
-		}{xys, errs})
-		if err != nil {
-			return err
-		}
-		eb.Color, eb.Width, eb.CapWidth = c, vg.Points(1.5), vg.Points(8)
-		pl.Add(l, sc, eb)
-		pl.Legend.Add(label, l, sc)
 		drawn = true
-		return nil
+		return plotline.Add(pl, label, c, shape, xys, errs)
 	}
 	if err := line("LoRA-qv", lineColors[0], func(pt sweepPoint) []float64 { return pt.qv }, draw.CircleGlyph{}); err != nil {
 		return false, err

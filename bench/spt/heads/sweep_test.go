@@ -48,9 +48,9 @@ func TestSweepReport(t *testing.T) {
 	md := string(b)
 	// Per-seed means over a and b: LoRA-qv 75, 77; from the probe 77, 79; SPT-LoRA 79.5, 80.5.
 	for _, want := range []string{
-		"by **+4.0 ± 0.7** points",          // SPT-LoRA probe − LoRA-qv: 4.5, 3.5
-		"**+2.0 ± 0.0** is the start",       // 2, 2
-		"**+2.0 ± 0.7** the allocation",     // 2.5, 1.5
+		"by **+4.0 ± 0.7** points",      // SPT-LoRA probe − LoRA-qv: 4.5, 3.5
+		"**+2.0 ± 0.0** is the start",   // 2, 2
+		"**+2.0 ± 0.7** the allocation", // 2.5, 1.5
 		"| a | 81.0 ± 1.4 | 83.0 ± 0.0 | 85.5 ± 0.7 | +2.0 ± 1.4 | +2.5 ± 0.7 | 20.0 / 20.0 |",
 		"| 4 | 10,000 | 79.0 ± 1.4 | 80.0 ± 0.0 | 82.0 ± 1.4 | +1.0 ± 1.4 | +3.0 ± 0.0 |",
 		"| 8 | 19,000 | 81.0 ± 1.4 | 81.0 (1 of 2 seeds) | 85.5 ± 0.7 | +1.0 (1 seed) | +4.5 ± 0.7 |",
