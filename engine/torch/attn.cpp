@@ -15,6 +15,7 @@
 #include <exception>
 
 #include "attn.h"
+#include "errbuf.h"
 
 namespace {
 
@@ -79,13 +80,7 @@ struct SoftmaxMatmul : public Function<SoftmaxMatmul> {
   }
 };
 
-void setErr(char *err, int errlen, const char *msg) {
-  if (err == nullptr || errlen <= 0) {
-    return;
-  }
-  std::strncpy(err, msg, errlen - 1);
-  err[errlen - 1] = 0;
-}
+using sptctl::setErr;
 
 } // namespace
 

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "gradsq.h"
+#include "errbuf.h"
 
 namespace {
 
@@ -54,12 +55,7 @@ variable_list SquareHook::operator()(const variable_list &outputs, const variabl
   return outputs;
 }
 
-void setErr(char *err, int errlen, const char *msg) {
-  if (errlen > 0) {
-    std::strncpy(err, msg, errlen - 1);
-    err[errlen - 1] = 0;
-  }
-}
+using sptctl::setErr;
 
 } // namespace
 

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "sparse.h"
+#include "errbuf.h"
 
 namespace {
 
@@ -305,13 +306,7 @@ struct SparseDeltaAdd : public Function<SparseDeltaAdd> {
   }
 };
 
-void setErr(char *err, int errlen, const char *msg) {
-  if (err == nullptr || errlen <= 0) {
-    return;
-  }
-  std::strncpy(err, msg, errlen - 1);
-  err[errlen - 1] = 0;
-}
+using sptctl::setErr;
 
 } // namespace
 
