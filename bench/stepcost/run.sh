@@ -17,8 +17,11 @@
 # A step is what train.Fit does per batch: SetSeed, zero-grad, train-mode forward, mean
 # cross-entropy, backward, AdamW update of the trainable tensors (bench/engine -trainable
 # marked|all -adamw), one fixed random batch, 2 threads; median of the timed steps after
-# one warm-up. Each measurement is its own process under /usr/bin/time (peak RSS); per
-# round the plans run back to back in both precisions (order reversed every other round).
+# untimed warm-ups: small ViT 40 timed steps after 3 warm-ups (~0.1 s a step: fewer were
+# too noisy to compare two plans), vit_b_16 6 after 2 (2.5-6 s a step); SMALL_STEPS,
+# SMALL_WARMUP, VIT_STEPS, VIT_WARMUP change them. Each measurement is its own process
+# under /usr/bin/time (peak RSS); per round the plans run back to back in both
+# precisions (order reversed every other round).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROUNDS=${ROUNDS:-3}
@@ -32,6 +35,8 @@ THREADS=${THREADS:-2}
 MODELS=${MODELS:-small vit_b_16}
 PRECISIONS=${PRECISIONS:-fp32 bf16}
 PLANS=${PLANS:-spt lora full}
+SMALL_STEPS=${SMALL_STEPS:-40} SMALL_WARMUP=${SMALL_WARMUP:-3}
+VIT_STEPS=${VIT_STEPS:-6} VIT_WARMUP=${VIT_WARMUP:-2}
 [[ -x $TIME ]] || { echo "run.sh: $TIME missing (apt-get install time)" >&2; exit 1; }
 W=${KEEP:-$(mktemp -d)}
 mkdir -p "$W"
@@ -80,15 +85,18 @@ else
 	# one MODEL PLAN PRECISION ROUND: one process; appends
 	# "model plan precision step_s cpu_step_s trainable peak_MB load1 round".
 	one() {
-		local m=$1 p=$2 prec=$3 r=$4 batch steps path which load
-		case $m in small) batch=64 steps=5 ;; vit_b_16) batch=8 steps=2 ;; esac
+		local m=$1 p=$2 prec=$3 r=$4 batch steps warm path which load
+		case $m in
+		small) batch=64 steps=$SMALL_STEPS warm=$SMALL_WARMUP ;;
+		vit_b_16) batch=8 steps=$VIT_STEPS warm=$VIT_WARMUP ;;
+		esac
 		if [[ $p == full ]]; then
 			which=all path=$([[ $m == small ]] && echo "$SMALL" || echo "$VIT")
 		else
 			which=marked path=$W/$m.$p.onnx
 		fi
 		load=$(cut -d' ' -f1 /proc/loadavg)
-		$TIME -f '%e %M' -o "$W/t" "$W/engine" -batch $batch -steps $steps -warmup 1 -threads "$THREADS" \
+		$TIME -f '%e %M' -o "$W/t" "$W/engine" -batch $batch -steps $steps -warmup $warm -threads "$THREADS" \
 			-trainable $which -adamw -precision "$prec" "$path" >"$W/j" 2>"$W/e" || { cat "$W/e" >&2; exit 1; }
 		local v rss
 		v=$($PY -c 'import json,sys; d=json.load(open(sys.argv[1])); print(d["step_median_s"], d["cpu_step_median_s"], d["trainable_params"])' "$W/j")
@@ -180,8 +188,8 @@ PYEOF
 	echo "both through \`sptctl inject\` (5-class head). Full fine-tuning: every float weight of the base model"
 	echo "(its own head). One step = what \`train\` does per batch: zero-grad, train-mode forward, cross-entropy,"
 	echo "backward, AdamW update (\`bench/engine -trainable marked|all -adamw\`), one fixed random batch; median"
-	echo "of the timed steps (small: 5, vit_b_16: 2) after one warm-up; each measurement its own process, peak"
-	echo "RSS the process's (/usr/bin/time). Per round the six processes (3 plans x fp32/bf16) ran back to back,"
+	echo "of the timed steps in each process (small: $SMALL_STEPS timed after $SMALL_WARMUP warm-ups, vit_b_16: $VIT_STEPS"
+	echo "after $VIT_WARMUP); peak RSS the process's (/usr/bin/time). Per round the six processes (3 plans x fp32/bf16) ran back to back,"
 	echo "the order reversed every other round; ratios are medians of the per-round ratios."
 	echo
 	echo "**Load.** Other processes (the lead's SPT suite on both cores, other helpers' jobs) ran throughout:"
