@@ -13,6 +13,7 @@
 #include <cstring>
 #include <exception>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "sparse.h"
@@ -72,30 +73,46 @@ SPTCTL_SIMD void dotT(float *acc, const float *__restrict xs, const float *__res
   }
 }
 
-// gather copies columns idx of rows [t0, t0 + tb) of m [rows, width] into the tile
-// dst [idx.size(), kTile], zero past tb.
-void gather(float *dst, const float *m, int64_t width, const std::vector<int64_t> &idx, int64_t t0, int64_t tb) {
+// gather copies columns idx of rows [t0, t0 + tb) of m [rows, width] (float or
+// bfloat16) into the float tile dst [idx.size(), kTile], zero past tb.
+template <typename T>
+void gather(float *dst, const T *m, int64_t width, const std::vector<int64_t> &idx, int64_t t0, int64_t tb) {
   const int64_t c = static_cast<int64_t>(idx.size());
   if (tb < kTile) {
     std::fill(dst, dst + c * kTile, 0.0f);
   }
   for (int64_t t = 0; t < tb; t++) {
-    const float *r = m + (t0 + t) * width;
+    const T *r = m + (t0 + t) * width;
     for (int64_t s = 0; s < c; s++) {
-      dst[s * kTile + t] = r[idx[s]];
+      dst[s * kTile + t] = static_cast<float>(r[idx[s]]);
     }
   }
 }
 
-// scatterAdd adds the tile src [idx.size(), kTile] back into columns idx of rows
-// [t0, t0 + tb) of m.
-void scatterAdd(float *m, const float *src, int64_t width, const std::vector<int64_t> &idx, int64_t t0, int64_t tb) {
+// scatterAdd adds the float tile src [idx.size(), kTile] back into columns idx of rows
+// [t0, t0 + tb) of m (float or bfloat16: each element rounded once, as a float sum
+// converted to bfloat16 would be).
+template <typename T>
+void scatterAdd(T *m, const float *src, int64_t width, const std::vector<int64_t> &idx, int64_t t0, int64_t tb) {
   const int64_t c = static_cast<int64_t>(idx.size());
   for (int64_t t = 0; t < tb; t++) {
-    float *r = m + (t0 + t) * width;
+    T *r = m + (t0 + t) * width;
     for (int64_t s = 0; s < c; s++) {
-      r[idx[s]] += src[s * kTile + t];
+      r[idx[s]] = static_cast<T>(static_cast<float>(r[idx[s]]) + src[s * kTile + t]);
     }
+  }
+}
+
+// toT / fromT convert a tile between float and the saved tiles' type (a no-op copy for
+// float; exact both ways for bfloat16 values).
+template <typename T> void toT(T *dst, const float *src, int64_t n) {
+  for (int64_t k = 0; k < n; k++) {
+    dst[k] = static_cast<T>(src[k]);
+  }
+}
+template <typename T> void fromT(float *dst, const T *src, int64_t n) {
+  for (int64_t k = 0; k < n; k++) {
+    dst[k] = static_cast<float>(src[k]);
   }
 }
 
@@ -168,19 +185,38 @@ int64_t grain(int64_t perTile) {
   return std::max<int64_t>(1, kMinWork / std::max<int64_t>(perTile, 1));
 }
 
+// fb says whether t's dtype is one the kernels read and write in place (float32,
+// bfloat16); other dtypes go through a float32 copy.
+bool fb(at::ScalarType t) { return t == at::kFloat || t == at::kBFloat16; }
+
+// withType calls f with a value of the C++ type of t (float32 or bfloat16).
+template <typename F> void withType(at::ScalarType t, F f) {
+  if (t == at::kBFloat16) {
+    f(c10::BFloat16());
+  } else {
+    f(0.0f);
+  }
+}
+
 struct SparseDeltaAdd : public Function<SparseDeltaAdd> {
   // Inputs: y [.., out], x [.., in], vals (one per part), pairs (one per part).
   // add false: y already holds the entries' share (the caller multiplied by W + S, see
   // sptctl_sparse_weight); the op then only records what the values' gradients need
   // and returns y itself.
+  //
+  // x, y and the output gradient are read, and y and ∂/∂x written, in their own dtype
+  // when it is float32 or bfloat16 (the kernels sum in float32 tiles): under bf16
+  // autocast no float32 copy of x, y, the gradient or ∂/∂x is made, and the kept
+  // tiles of x are bfloat16 when x is (exact). The values equal the float32 op's on
+  // the same inputs, rounded once to the output's dtype.
   static variable_list forward(AutogradContext *ctx, at::Tensor y, at::Tensor x,
                                at::TensorList vals, at::TensorList pairs, bool add) {
     const int64_t out = y.size(-1), in = x.size(-1);
-    auto xc = x.to(at::kFloat).contiguous();
-    // The sum goes into y itself when it is a contiguous float tensor (the fused linear's
-    // fresh output: no copy of it); else into a float copy (y in bfloat16 under autocast).
+    auto xc = (fb(x.scalar_type()) ? x : x.to(at::kFloat)).contiguous();
+    // The sum goes into y itself when it is contiguous and float32 or bfloat16 (the
+    // fused linear's fresh output: no copy of it); else into a float32 copy.
     at::Tensor res;
-    if (!add || (y.scalar_type() == at::kFloat && y.is_contiguous())) {
+    if (!add || (fb(y.scalar_type()) && y.is_contiguous())) {
       ctx->mark_dirty({y});
       res = y;
     } else {
@@ -198,29 +234,44 @@ struct SparseDeltaAdd : public Function<SparseDeltaAdd> {
     Slots sl = makeSlots(prs, out, in);
     const int64_t nc = sl.cols.size(), no = sl.outs.size();
     // The backward needs x only at the entries' columns: the forward's transposed tiles
-    // of those columns are kept ([tiles, nc, kTile]), not x.
+    // of those columns are kept ([tiles, nc, kTile], x's dtype), not x.
     auto xt = at::empty({tiles(rows), nc, kTile}, xc.options());
-    const float *xp = xc.data_ptr<float>();
-    float *rp = add ? res.data_ptr<float>() : nullptr, *xtp = xt.data_ptr<float>();
     int64_t entries = 0;
     for (const auto &v : vs) {
       entries += v.numel();
     }
-    at::parallel_for(0, tiles(rows), grain((nc + 2 * no + entries) * kTile), [&](int64_t b, int64_t e) {
-      std::vector<float> ys(no * kTile);
-      for (int64_t tile = b; tile < e; tile++) {
-        const int64_t t0 = tile * kTile, tb = std::min(kTile, rows - t0);
-        float *xs = xtp + tile * nc * kTile;
-        gather(xs, xp, in, sl.cols, t0, tb);
-        if (!add) {
-          continue;
-        }
-        std::fill(ys.begin(), ys.end(), 0.0f);
-        for (size_t p = 0; p < vs.size(); p++) {
-          axpyT(ys.data(), xs, sl.pairs[p].data_ptr<int32_t>(), 0, vs[p].data_ptr<float>(), vs[p].numel());
-        }
-        scatterAdd(rp, ys.data(), out, sl.outs, t0, tb);
-      }
+    withType(xc.scalar_type(), [&](auto xz) {
+      withType(res.scalar_type(), [&](auto yz) {
+        using TX = decltype(xz);
+        using TY = decltype(yz);
+        const TX *xp = xc.data_ptr<TX>();
+        TX *xtp = xt.data_ptr<TX>();
+        TY *rp = add ? res.data_ptr<TY>() : nullptr;
+        at::parallel_for(0, tiles(rows), grain((nc + 2 * no + entries) * kTile), [&](int64_t b, int64_t e) {
+          std::vector<float> ys(no * kTile), xf(std::is_same<TX, float>::value ? 0 : nc * kTile);
+          for (int64_t tile = b; tile < e; tile++) {
+            const int64_t t0 = tile * kTile, tb = std::min(kTile, rows - t0);
+            float *xs = nullptr;
+            if constexpr (std::is_same<TX, float>::value) {
+              xs = xtp + tile * nc * kTile;
+            } else {
+              xs = xf.data();
+            }
+            gather(xs, xp, in, sl.cols, t0, tb);
+            if constexpr (!std::is_same<TX, float>::value) {
+              toT(xtp + tile * nc * kTile, xs, nc * kTile);
+            }
+            if (!add) {
+              continue;
+            }
+            std::fill(ys.begin(), ys.end(), 0.0f);
+            for (size_t p = 0; p < vs.size(); p++) {
+              axpyT(ys.data(), xs, sl.pairs[p].data_ptr<int32_t>(), 0, vs[p].data_ptr<float>(), vs[p].numel());
+            }
+            scatterAdd(rp, ys.data(), out, sl.outs, t0, tb);
+          }
+        });
+      });
     });
     std::vector<at::Tensor> save{xt, indexTensor(sl.cols), indexTensor(sl.outs)};
     for (size_t p = 0; p < vs.size(); p++) {
@@ -241,7 +292,7 @@ struct SparseDeltaAdd : public Function<SparseDeltaAdd> {
     const auto xt = saved[0];
     const auto cols = indexVector(saved[1]), outs = indexVector(saved[2]);
     const size_t parts = (saved.size() - 3) / 2;
-    auto g = grad[0].to(at::kFloat).contiguous();
+    auto g = (fb(grad[0].scalar_type()) ? grad[0] : grad[0].to(at::kFloat)).contiguous();
     const auto xSizes = ctx->saved_data["x_sizes"].toIntVector();
     const int64_t out = g.size(-1), in = xSizes.back();
     const int64_t rows = in == 0 ? 0 : g.numel() / std::max<int64_t>(out, 1);
@@ -255,41 +306,54 @@ struct SparseDeltaAdd : public Function<SparseDeltaAdd> {
       wantDV[p] = ctx->needs_input_grad(2 + p);
       off[p + 1] = off[p] + saved[3 + 2 * p].numel();
     }
-    // dx is zeroed tile by tile below, by the thread that fills the tile's rows (no
-    // separate pass over it).
-    at::Tensor dx = wantDX ? at::empty(xSizes, g.options()) : at::Tensor();
+    // dx (in the kept tiles' dtype: x's, or float32) is zeroed tile by tile below, by the
+    // thread that fills the tile's rows (no separate pass over it).
+    at::Tensor dx = wantDX ? at::empty(xSizes, xt.options()) : at::Tensor();
     // ∂/∂v_k = Σ_t x[t, i_k] g[t, o_k]: each thread sums its tiles into its own row of
     // partial, then the rows are summed.
     const int64_t threads = at::get_num_threads();
-    auto partial = at::zeros({threads, off[parts]}, g.options());
-    const float *xtp = xt.data_ptr<float>(), *gp = g.data_ptr<float>();
-    float *dp = wantDX ? dx.data_ptr<float>() : nullptr;
+    auto partial = at::zeros({threads, off[parts]}, g.options().dtype(at::kFloat));
     float *acc0 = partial.data_ptr<float>();
-    at::parallel_for(0, tiles(rows), grain((2 * nc + no + 2 * off[parts] + (wantDX ? in : 0)) * kTile), [&](int64_t b, int64_t e) {
-      std::vector<float> gs(no * kTile), dxs(wantDX ? nc * kTile : 0);
-      float *acc = acc0 + at::get_thread_num() * off[parts];
-      for (int64_t tile = b; tile < e; tile++) {
-        const int64_t t0 = tile * kTile, tb = std::min(kTile, rows - t0);
-        const float *xs = xtp + tile * nc * kTile;
-        gather(gs.data(), gp, out, outs, t0, tb);
-        if (wantDX) {
-          std::fill(dxs.begin(), dxs.end(), 0.0f);
-        }
-        for (size_t p = 0; p < parts; p++) {
-          const auto &v = saved[3 + 2 * p];
-          const int32_t *sp = saved[4 + 2 * p].data_ptr<int32_t>();
-          if (wantDX) { // the entries' share of ∂/∂x: dx[t, i_k] += v_k g[t, o_k]
-            axpyT(dxs.data(), gs.data(), sp, 1, v.data_ptr<float>(), v.numel());
+    withType(xt.scalar_type(), [&](auto xz) {
+      withType(g.scalar_type(), [&](auto gz) {
+        using TX = decltype(xz);
+        using TG = decltype(gz);
+        const TX *xtp = xt.data_ptr<TX>();
+        const TG *gp = g.data_ptr<TG>();
+        TX *dp = wantDX ? dx.data_ptr<TX>() : nullptr;
+        at::parallel_for(0, tiles(rows), grain((2 * nc + no + 2 * off[parts] + (wantDX ? in : 0)) * kTile), [&](int64_t b, int64_t e) {
+          std::vector<float> gs(no * kTile), dxs(wantDX ? nc * kTile : 0), xf(std::is_same<TX, float>::value ? 0 : nc * kTile);
+          float *acc = acc0 + at::get_thread_num() * off[parts];
+          for (int64_t tile = b; tile < e; tile++) {
+            const int64_t t0 = tile * kTile, tb = std::min(kTile, rows - t0);
+            const float *xs = nullptr;
+            if constexpr (std::is_same<TX, float>::value) {
+              xs = xtp + tile * nc * kTile;
+            } else {
+              fromT(xf.data(), xtp + tile * nc * kTile, nc * kTile);
+              xs = xf.data();
+            }
+            gather(gs.data(), gp, out, outs, t0, tb);
+            if (wantDX) {
+              std::fill(dxs.begin(), dxs.end(), 0.0f);
+            }
+            for (size_t p = 0; p < parts; p++) {
+              const auto &v = saved[3 + 2 * p];
+              const int32_t *sp = saved[4 + 2 * p].data_ptr<int32_t>();
+              if (wantDX) { // the entries' share of ∂/∂x: dx[t, i_k] += v_k g[t, o_k]
+                axpyT(dxs.data(), gs.data(), sp, 1, v.data_ptr<float>(), v.numel());
+              }
+              if (wantDV[p]) {
+                dotT(acc + off[p], xs, gs.data(), sp, v.numel());
+              }
+            }
+            if (wantDX) {
+              std::fill(dp + t0 * in, dp + (t0 + tb) * in, static_cast<TX>(0.0f));
+              scatterAdd(dp, dxs.data(), in, cols, t0, tb);
+            }
           }
-          if (wantDV[p]) {
-            dotT(acc + off[p], xs, gs.data(), sp, v.numel());
-          }
-        }
-        if (wantDX) {
-          std::fill(dp + t0 * in, dp + (t0 + tb) * in, 0.0f);
-          scatterAdd(dp, dxs.data(), in, cols, t0, tb);
-        }
-      }
+        });
+      });
     });
     variable_list res;
     res.push_back(grad[0].to(yType)); // ∂/∂y: the identity

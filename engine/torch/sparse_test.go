@@ -2,11 +2,13 @@ package torch
 
 import (
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"os/exec"
 	"path/filepath"
 	"testing"
 
+	"github.com/sugarme/gotch"
 	"github.com/sugarme/gotch/ts"
 
 	"github.com/sptctl/sptctl/internal/npy"
@@ -264,4 +266,198 @@ func backwardOfWeightedSum(z, r *ts.Tensor) error {
 	}
 	defer loss.Drop()
 	return loss.Backward()
+}
+
+// Under bf16 autocast the op reads and writes bfloat16 x, y, output gradient and ∂/∂x
+// where they are (sparse.cpp: no float32 copies). Oracle: the op on the same values as
+// float32 (checked against PyTorch above): its y and ∂/∂x rounded to bfloat16 must be
+// the bfloat16 run's, bit for bit, and the values' gradients equal; for x in float32
+// (a LayerNorm's output) with a bfloat16 y, ∂/∂x and the values' gradients equal the
+// float32 run's.
+func TestSparseDeltaBF16SameAsFloat32(t *testing.T) {
+	const rows, in, out = 150, 40, 24 // 3 tiles, the last partial
+	rng := rand.New(rand.NewPCG(3, 5))
+	randn := func(n int) []float32 {
+		v := make([]float32, n)
+		for k := range v {
+			v[k] = float32(rng.NormFloat64())
+		}
+		return v
+	}
+	x, y, r := randn(rows*in), randn(rows*out), randn(rows*out)
+	var pairs [][]int64
+	var vals [][]float32
+	for p, n := range []int{13, 21} {
+		seen := map[[2]int64]bool{}
+		var pr []int64
+		for len(pr) < 2*n {
+			e := [2]int64{int64(p*out/2 + rng.IntN(out/2)), int64(rng.IntN(in))}
+			if !seen[e] {
+				seen[e] = true
+				pr = append(pr, e[0], e[1])
+			}
+		}
+		pairs = append(pairs, pr)
+		vals = append(vals, randn(n))
+	}
+	type result struct {
+		y, dx []float32
+		dv    [][]float32
+	}
+	// run runs the op with x, y and r in the given dtypes (the bfloat16 ones rounded
+	// from the float32 values) and returns y, ∂/∂x and ∂/∂v as float32; roundX, roundY:
+	// x, or y and r, rounded to bfloat16 and back first (the float32 oracle on the same
+	// values).
+	run := func(xType, yType gotch.DType, roundX, roundY bool) (res result) {
+		onTorch(t, func() error {
+			mk := func(v []float32, shape []int64, dt gotch.DType, round bool) (*ts.Tensor, error) {
+				f, err := tensorFromFloats(v, shape)
+				if err != nil {
+					return nil, err
+				}
+				if round {
+					b, err := f.Totype(gotch.BFloat16, true)
+					if err != nil {
+						return nil, err
+					}
+					f, err = b.Totype(gotch.Float, true)
+					if err != nil {
+						return nil, err
+					}
+				}
+				if dt == gotch.Float {
+					return f, nil
+				}
+				return f.Totype(dt, true)
+			}
+			asFloats := func(t *ts.Tensor) ([]float32, error) {
+				d, err := t.Detach(false)
+				if err != nil {
+					return nil, err
+				}
+				defer d.Drop()
+				f, err := d.Totype(gotch.Float, false)
+				if err != nil {
+					return nil, err
+				}
+				defer f.Drop()
+				return copyFloats(f)
+			}
+			xt, err := mk(x, []int64{rows / 2, 2, in}, xType, roundX)
+			if err != nil {
+				return err
+			}
+			defer xt.Drop()
+			if err := xt.RequiresGrad_(true); err != nil {
+				return err
+			}
+			yt, err := mk(y, []int64{rows, out}, yType, roundY)
+			if err != nil {
+				return err
+			}
+			defer yt.Drop()
+			rt, err := mk(r, []int64{rows, out}, yType, roundY)
+			if err != nil {
+				return err
+			}
+			defer rt.Drop()
+			var pts, vts []*ts.Tensor
+			for p := range pairs {
+				pt, err := tensorFromInt64s(pairs[p], []int64{int64(len(vals[p])), 2})
+				if err != nil {
+					return err
+				}
+				defer pt.Drop()
+				vt, err := tensorFromFloats(vals[p], []int64{int64(len(vals[p]))})
+				if err != nil {
+					return err
+				}
+				defer vt.Drop()
+				if err := vt.RequiresGrad_(true); err != nil {
+					return err
+				}
+				pts, vts = append(pts, pt), append(vts, vt)
+			}
+			x2, err := xt.Reshape([]int64{rows, in}, false)
+			if err != nil {
+				return err
+			}
+			defer x2.Drop()
+			z, err := sparseDeltaAdd(yt, x2, pts, vts, true)
+			if err != nil {
+				return err
+			}
+			defer z.Drop()
+			if z.DType() != yType {
+				return fmt.Errorf("output %v, want y's %v", z.DType(), yType)
+			}
+			if err := backwardOfWeightedSum(z, rt); err != nil {
+				return err
+			}
+			if res.y, err = asFloats(z); err != nil {
+				return err
+			}
+			g, err := xt.Grad(false)
+			if err != nil {
+				return err
+			}
+			defer g.Drop()
+			if g.DType() != xType {
+				return fmt.Errorf("∂/∂x %v, want x's %v", g.DType(), xType)
+			}
+			if res.dx, err = asFloats(g); err != nil {
+				return err
+			}
+			for _, vt := range vts {
+				g, err := vt.Grad(false)
+				if err != nil {
+					return err
+				}
+				defer g.Drop()
+				d, err := copyFloats(g)
+				if err != nil {
+					return err
+				}
+				res.dv = append(res.dv, d)
+			}
+			return nil
+		})
+		return res
+	}
+	toBF16 := func(v []float32) []float32 { // round to nearest even, as libtorch does
+		o := make([]float32, len(v))
+		for k, f := range v {
+			b := math.Float32bits(f)
+			b += 0x7fff + (b>>16)&1
+			o[k] = math.Float32frombits(b &^ 0xffff)
+		}
+		return o
+	}
+	same := func(what string, got, want []float32) {
+		t.Helper()
+		if len(got) != len(want) {
+			t.Fatalf("%s: %d values, want %d", what, len(got), len(want))
+		}
+		for k := range got {
+			if math.Float32bits(got[k]) != math.Float32bits(want[k]) {
+				t.Errorf("%s[%d] = %g, float32 oracle %g", what, k, got[k], want[k])
+				return
+			}
+		}
+	}
+	oracle := run(gotch.Float, gotch.Float, true, true)
+	bf := run(gotch.BFloat16, gotch.BFloat16, false, false)
+	same("y (bf16 x, y)", bf.y, toBF16(oracle.y))
+	same("dL/dx (bf16 x, y)", bf.dx, toBF16(oracle.dx))
+	for p := range pairs {
+		same(fmt.Sprintf("dL/dv part %d (bf16 x, y)", p), bf.dv[p], oracle.dv[p])
+	}
+	// x float32 (a LayerNorm's output), y bfloat16: the oracle rounds only y and r.
+	oracle = run(gotch.Float, gotch.Float, false, true)
+	mixed := run(gotch.Float, gotch.BFloat16, false, false)
+	same("y (f32 x, bf16 y)", mixed.y, toBF16(oracle.y))
+	same("dL/dx (f32 x, bf16 y)", mixed.dx, oracle.dx)
+	for p := range pairs {
+		same(fmt.Sprintf("dL/dv part %d (f32 x, bf16 y)", p), mixed.dv[p], oracle.dv[p])
+	}
 }
