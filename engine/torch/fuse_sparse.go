@@ -317,11 +317,11 @@ func opSparseLinear(transposed, computedB bool, out int64) opFunc {
 			}
 			// A small frozen weight (sparseAsWeight: at most 2^18 elements and out ≤
 			// rows/2, the small ViT's layers at batch 64, none of vit_b_16's) is
-			// multiplied as W + S, a copy of W's size made per step: the linear's
-			// backward then gives x its whole gradient in one product, where the
-			// separate sparse share costs a full-size ∂/∂x ([rows, in], at least twice
-			// W's size here) and its sum with the linear's. The op then only gives the
-			// values their gradients.
+			// multiplied as W + S, a copy of W's size made per step (bfloat16 under
+			// autocast: the linear casts nothing): the linear's backward then gives x
+			// its whole gradient in one product, where the separate sparse share costs
+			// a full-size ∂/∂x ([rows, in], at least twice W's size here) and its sum
+			// with the linear's. The op then only gives the values their gradients.
 			add := true
 			if ws, err := w.Size(); err == nil && len(ws) == 2 && !w.MustRequiresGrad() {
 				add = !sparseAsWeight(ws[0], ws[1], int64(x.Numel())/max(ws[1], 1))

@@ -7,6 +7,7 @@
 #include <torch/csrc/autograd/custom_function.h>
 #include <ATen/Parallel.h>
 #include <ATen/ATen.h>
+#include <ATen/autocast_mode.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -378,11 +379,11 @@ extern "C" void *sptctl_sparse_weight(void *w, void **pairs, void **vals, int np
   try {
     at::NoGradGuard noGrad;
     auto &wt = *static_cast<at::Tensor *>(w);
-    if (wt.dim() != 2) {
-      setErr(err, errlen, "sparse weight: want a 2-D weight");
+    if (wt.dim() != 2 || wt.scalar_type() != at::kFloat) {
+      setErr(err, errlen, "sparse weight: want a 2-D float32 weight");
       return nullptr;
     }
-    auto res = wt.detach().to(at::kFloat).clone(at::MemoryFormat::Contiguous);
+    const int64_t out = wt.size(0), in = wt.size(1);
     for (int p = 0; p < nparts; p++) {
       const auto &v = *static_cast<at::Tensor *>(vals[p]);
       const auto &pr = *static_cast<at::Tensor *>(pairs[p]);
@@ -390,10 +391,37 @@ extern "C" void *sptctl_sparse_weight(void *w, void **pairs, void **vals, int np
         setErr(err, errlen, "sparse weight: want index pairs int64 [n, 2] and values [n]");
         return nullptr;
       }
-      // W + S as the graph's Add(W, ScatterND(zeros, idx, v)) forms it: w + v at each
-      // entry (the entries are distinct).
-      auto o = pr.select(1, 0), i = pr.select(1, 1);
-      res.index_put_({o, i}, res.index({o, i}) + v.detach().to(at::kFloat));
+    }
+    // One copy of W in the dtype the linear multiplies in: bfloat16 under CPU autocast
+    // (the cast autocast would make of a float32 W + S every step, made here at once),
+    // else float32; contiguous even when w is a transposed view. Then each entry is
+    // written as the float32 sum W + v rounded once to that dtype: the values of
+    // (W + S).to(dtype) (the entries are distinct), with no float32 copy of W + S.
+    const bool bf = at::autocast::is_cpu_enabled() && at::autocast::get_autocast_cpu_dtype() == at::kBFloat16;
+    auto res = wt.detach().to(bf ? at::kBFloat16 : at::kFloat, /*non_blocking=*/false, /*copy=*/true,
+                              at::MemoryFormat::Contiguous);
+    const float *wp = wt.data_ptr<float>();
+    at::BFloat16 *rb = bf ? res.data_ptr<at::BFloat16>() : nullptr;
+    float *rf = bf ? nullptr : res.data_ptr<float>();
+    const int64_t s0 = wt.stride(0), s1 = wt.stride(1);
+    for (int p = 0; p < nparts; p++) {
+      const auto v = static_cast<at::Tensor *>(vals[p])->detach().to(at::kFloat).contiguous();
+      const auto pr = static_cast<at::Tensor *>(pairs[p])->contiguous();
+      const int64_t *ix = pr.data_ptr<int64_t>();
+      const float *vp = v.data_ptr<float>();
+      for (int64_t k = 0; k < pr.size(0); k++) {
+        const int64_t o = ix[2 * k], i = ix[2 * k + 1];
+        if (o < 0 || o >= out || i < 0 || i >= in) {
+          setErr(err, errlen, "sparse weight: entry out of range");
+          return nullptr;
+        }
+        const float sum = wp[o * s0 + i * s1] + vp[k];
+        if (bf) {
+          rb[o * in + i] = at::BFloat16(sum);
+        } else {
+          rf[o * in + i] = sum;
+        }
+      }
     }
     return new at::Tensor(res);
   } catch (const std::exception &e) {

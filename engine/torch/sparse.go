@@ -44,8 +44,10 @@ func sparseDeltaAdd(y, x *ts.Tensor, pairs, vals []*ts.Tensor, add bool) (*ts.Te
 	return ts.New(lib.Ctensor(out)), nil
 }
 
-// sparseWeight returns W + Σ_p S_p (w [out, in]; pairs and vals as sparseDeltaAdd's),
-// made without autograd: a constant of W's size for one step's linear.
+// sparseWeight returns W + Σ_p S_p (w [out, in], float32; pairs and vals as
+// sparseDeltaAdd's), made without autograd: a constant of W's size for one step's
+// linear, bfloat16 under bf16 autocast (the float32 sum rounded once: autocast's cast
+// of it, made in the same pass), else float32.
 func sparseWeight(w *ts.Tensor, pairs, vals []*ts.Tensor) (*ts.Tensor, error) {
 	if len(pairs) != len(vals) || len(pairs) == 0 {
 		return nil, errors.New("sparse weight: want one values tensor per index tensor")

@@ -21,10 +21,13 @@ extern "C" {
 // none from it: the caller passes x detached, the linear's backward has the share).
 void *sptctl_sparse_delta_add(void *y, void *x, void **pairs, void **vals, int nparts, int add, char *err, int errlen);
 
-// sptctl_sparse_weight returns a new tensor handle for W + Σ_p S_p (float, [out, in] as
-// w, entries as in sptctl_sparse_delta_add, which must be distinct), made without
-// autograd: a constant for the step's linear, whose backward then gives x the whole
-// ∂/∂x (dense and sparse shares) in one product. NULL and a message on an error.
+// sptctl_sparse_weight returns a new tensor handle for W + Σ_p S_p ([out, in] as w, a
+// float32 weight, possibly a transposed view; entries as in sptctl_sparse_delta_add,
+// which must be distinct), made without autograd in one copy of W: a contiguous
+// constant for the step's linear, whose backward then gives x the whole ∂/∂x (dense
+// and sparse shares) in one product. Under bfloat16 CPU autocast it is bfloat16, with
+// the values of the float32 sum cast to bfloat16 (what autocast would make of it),
+// else float32. NULL and a message on an error.
 void *sptctl_sparse_weight(void *w, void **pairs, void **vals, int nparts, char *err, int errlen);
 
 #ifdef __cplusplus
