@@ -5,7 +5,11 @@
 // build without cgo.
 package engine
 
-import "github.com/sptctl/sptctl/onnxio/onnxpb"
+import (
+	"os"
+
+	"github.com/sptctl/sptctl/onnxio/onnxpb"
+)
 
 // Options configures Compile.
 type Options struct {
@@ -96,6 +100,11 @@ type Program interface {
 	// use); GradSquareSum copies one out (zeros if backward never reached it).
 	AddGradSquares() error
 	GradSquareSum(name string) ([]float32, error)
+	// SpillGradSquares (Options.SquareGrads only) writes the running sums to f and
+	// frees them until backward needs each again, which reads it back before adding
+	// to it (the sums come out the same to the bit); GradSquareSum reads a sum still
+	// in f from there. Pass the same f every time and keep it open until Close.
+	SpillGradSquares(f *os.File) error
 
 	// Floats returns a copy of a float initializer's current values; SetFloats
 	// overwrites them (the gradient is kept).

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strconv"
+	"strings"
 	"testing"
 
 	"google.golang.org/protobuf/proto"
@@ -172,5 +173,74 @@ func TestReleaseWeights(t *testing.T) {
 	}
 	if len(kept) > 0 && len(kept[0].GetRawData())+len(kept[0].GetFloatData())+len(kept[0].GetInt64Data()) == 0 {
 		t.Fatal("without ReleaseWeights the model lost its data")
+	}
+}
+
+// TestSpillMatchesInMemory: with SpillDir the scores are the same to the bit as with
+// the sums in memory (3 batches, 2 heads: the file is reused), and no temporary file
+// is left in the folder, after success or after an error.
+func TestSpillMatchesInMemory(t *testing.T) {
+	const fx = "tv_op14_static"
+	task := filepath.Join(t.TempDir(), "task")
+	ds := fixture.OpenFewShot(t, data.FewShotOptions{Classes: []int{0, 1, 2}, Train: 16, Val: 0, Test: 3, Seed: 1, Out: task})
+	split, _ := ds.Split("train")
+	pre := data.DefaultPreprocess(1, 28, 28)
+	m, err := onnxio.Load("../testdata/" + fx + ".onnx")
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := torch.NewWorker()
+	defer w.Close()
+	opt := Options{Batches: 3, BatchSize: 4, Classes: 3, HeadSeed: 5, HeadSeeds: 2, Head: inject.HeadRandom}
+	want, _, err := Compute(context.Background(), w, m, split, pre, opt, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	spillDir := t.TempDir()
+	opt.SpillDir = spillDir
+	got, info, err := Compute(context.Background(), w, m, split, pre, opt, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Batches != 3 {
+		t.Fatalf("%d batches, want 3", info.Batches)
+	}
+	for name, wv := range want {
+		gv := got[name]
+		if len(gv) != len(wv) {
+			t.Fatalf("%s: %d scores, want %d", name, len(gv), len(wv))
+		}
+		for i := range wv {
+			if math.Float32bits(gv[i]) != math.Float32bits(wv[i]) {
+				t.Fatalf("%s[%d]: %g spilled, %g in memory", name, i, gv[i], wv[i])
+			}
+		}
+	}
+	empty := func(when string) {
+		t.Helper()
+		left, err := os.ReadDir(spillDir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(left) != 0 {
+			t.Fatalf("%s: %s left in the spill folder", when, left[0].Name())
+		}
+	}
+	empty("after success")
+
+	// Stopped after the first batch (the sums in the file): nothing left either.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	_, _, err = Compute(ctx, w, m, split, pre, opt, func(done, total int) { cancel() })
+	if err == nil {
+		t.Fatal("a cancelled run succeeded")
+	}
+	empty("after an error")
+
+	// A folder that is not there is named before any batch runs.
+	opt.SpillDir = filepath.Join(spillDir, "missing")
+	_, _, err = Compute(context.Background(), w, m, split, pre, opt, nil)
+	if err == nil || !strings.Contains(err.Error(), opt.SpillDir) {
+		t.Fatalf("missing spill folder: %v, want an error naming it", err)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"path/filepath"
 
 	"github.com/urfave/cli/v2"
 
@@ -95,7 +96,11 @@ func runSensitivity(c *cli.Context) (*sensitivityReport, error) {
 	a := sensitivityArgs{
 		Opt: sensitivity.Options{Batches: c.Int("batches"), BatchSize: c.Int("batch-size"), Classes: classes,
 			HeadSeed: c.Int64("head-seed"), Seed: c.Int64("seed"), Head: scoringHead(c), HeadSeeds: c.Int("head-seeds"),
-			ReleaseWeights: true}, // the command needs m's names and shapes only after compiling
+			ReleaseWeights: true, // the command needs m's names and shapes only after compiling
+			// The sums wait between batches beside the score file: a folder the
+			// scores must fit in anyway, on a disk (the system's temporary folder is
+			// often a RAM file system, where they would still take memory).
+			SpillDir: filepath.Dir(c.String("out"))},
 		Top: c.Float64("top"), Out: c.String("out"), Plot: c.String("plot"), Data: c.String("data")}
 	r, _, err := scoreSensitivity(ctx, c.App.ErrWriter, cs.engine(w), m, v, split, pre, a)
 	if err != nil && ctx.Err() != nil {

@@ -127,6 +127,9 @@ func (p *Program) batches(images []float32, labels []int64, n int, train bool) (
 		p.squares.arm(train && off+chunk >= n)
 		err = p.consume(res, logits, labels, off, m, b, n, train, lab)
 		p.squares.arm(false)
+		if err == nil {
+			err = p.squares.err()
+		}
 		logits.Drop()
 		if err != nil {
 			return nil, err

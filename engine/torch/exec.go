@@ -47,8 +47,8 @@ type Program struct {
 	order     []string // float initializers in graph order
 	trainable []string
 	hostCache map[*constfold.Tensor]*ts.Tensor // libtorch copies of static host values
-	gradSq    map[string]*ts.Tensor            // AddGradSquares' running sums
-	squares   *gradSquares                     // Options.SquareGrads: the hooks that fill gradSq
+	gradSq    map[string]*ts.Tensor            // AddGradSquares' running sums (without SquareGrads)
+	squares   *gradSquares                     // Options.SquareGrads: the hooks and their running sums
 	precision engine.Precision
 	closed    bool
 }

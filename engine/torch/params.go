@@ -86,6 +86,9 @@ func (p *Program) gradTensor(name string) (*ts.Tensor, error) {
 // reached add nothing; with Options.SquareGrads backward has added them already and
 // freed the gradients, so nothing is left to add.
 func (p *Program) AddGradSquares() error {
+	if p.squares != nil {
+		return nil
+	}
 	if p.gradSq == nil {
 		p.gradSq = map[string]*ts.Tensor{}
 	}
@@ -121,6 +124,13 @@ func (p *Program) GradSquareSum(name string) ([]float32, error) {
 	pr, ok := p.params[name]
 	if !ok || !pr.trainable {
 		return nil, fmt.Errorf("grad² sum: %q is not a trainable initializer", name)
+	}
+	if p.squares != nil {
+		v := make([]float32, constfold.Prod(pr.shape))
+		if err := p.squares.sum(name, v); err != nil {
+			return nil, err
+		}
+		return v, nil
 	}
 	a := p.gradSq[name]
 	if a == nil {
