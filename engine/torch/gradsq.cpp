@@ -40,8 +40,9 @@ struct Entry {
   std::shared_ptr<Node> acc; // held: the leaf itself only keeps a weak reference
   uintptr_t key;
   at::Tensor w;   // the leaf
-  at::Tensor sum; // its running sum; undefined while spilled
+  at::Tensor sum; // its running sum; undefined while zero or spilled
   int64_t off;    // where the sum lies in the spill file
+  bool inFile;    // the sum is in the spill file (else, if undefined, zero)
 };
 
 struct Set {
@@ -85,9 +86,14 @@ std::string writeAll(int fd, const char *p, int64_t n, int64_t off) {
   return "";
 }
 
-// load brings entry k's sum back from the spill file if it is there.
+// load makes entry k's sum: zeros before its first gradient (so the first forward
+// runs without the sums too), else read back from the spill file.
 std::string load(Set *set, Entry &en) {
   if (en.sum.defined()) {
+    return "";
+  }
+  if (!en.inFile) {
+    en.sum = at::zeros(en.w.sizes(), at::TensorOptions().dtype(at::kFloat));
     return "";
   }
   at::Tensor s = at::empty(en.w.sizes(), at::TensorOptions().dtype(at::kFloat));
@@ -134,9 +140,8 @@ extern "C" void *sptctl_gradsq_new(void **params, int n, char *err, int errlen) 
       if (!acc) {
         throw std::runtime_error("grad² hook: no gradient accumulator");
       }
-      at::Tensor s = at::zeros(w.sizes(), at::TensorOptions().dtype(at::kFloat));
       uintptr_t key = acc->add_post_hook(std::make_unique<SquareHook>(set.get(), k));
-      set->entries.push_back(Entry{acc, key, w, s, off});
+      set->entries.push_back(Entry{acc, key, w, at::Tensor(), off, false});
       off += nbytes(w);
     }
   } catch (const std::exception &e) {
@@ -183,7 +188,10 @@ extern "C" int sptctl_gradsq_spill(void *p, int fd, char *err, int errlen) {
   }
   set->fd = fd;
   for (auto &en : set->entries) {
-    en.sum.reset();
+    if (en.sum.defined()) {
+      en.sum.reset();
+      en.inFile = true;
+    }
   }
   return 0;
 }
@@ -198,6 +206,10 @@ extern "C" int sptctl_gradsq_copy(void *p, int k, float *dst, int64_t n, char *e
   if (n != en.w.numel()) {
     setErr(err, errlen, "grad² sum: wrong size");
     return 1;
+  }
+  if (!en.sum.defined() && !en.inFile) {
+    std::memset(dst, 0, size_t(nbytes(en.w)));
+    return 0;
   }
   if (!en.sum.defined()) {
     std::string e = readAll(set->fd, reinterpret_cast<char *>(dst), nbytes(en.w), en.off);

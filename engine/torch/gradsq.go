@@ -28,7 +28,8 @@ type gradSquares struct {
 	spill *os.File       // where spill wrote the sums (nil: never spilled)
 }
 
-// newGradSquares hooks params[k] (leaves requiring grad) to running sums of zeros.
+// newGradSquares hooks params[k] (leaves requiring grad) to running sums, made of
+// zeros when the first gradient comes (the first forward runs without them).
 func newGradSquares(names []string, params []*ts.Tensor) (*gradSquares, error) {
 	g := &gradSquares{index: map[string]int{}}
 	for k, n := range names {

@@ -8,11 +8,11 @@
 extern "C" {
 #endif
 
-// sptctl_gradsq_new makes a running sum of zeros (float, the same shape) for each of
-// the n leaf tensors params[k] (torch::Tensor*, requiring grad) and attaches to each
-// a hook on its gradient accumulator that, while the set is armed, adds the square of
-// the accumulated gradient to the sum right after backward stored it, and then frees
-// the gradient. It returns the set (NULL and a message in err on an error); free it
+// sptctl_gradsq_new attaches to each of the n leaf tensors params[k] (torch::Tensor*,
+// requiring grad) a hook on its gradient accumulator that, while the set is armed,
+// adds the square of the accumulated gradient to a running sum (float, the same
+// shape; made of zeros when the first gradient comes) right after backward stored
+// it, and then frees the gradient. It returns the set (NULL and a message in err on an error); free it
 // with sptctl_gradsq_free.
 void *sptctl_gradsq_new(void **params, int n, char *err, int errlen);
 
