@@ -12,6 +12,7 @@ import (
 	"github.com/sptctl/sptctl/data"
 	"github.com/sptctl/sptctl/engine"
 	"github.com/sptctl/sptctl/internal/meta"
+	"github.com/sptctl/sptctl/internal/osmem"
 	"github.com/sptctl/sptctl/onnxio/onnxpb"
 	"github.com/sptctl/sptctl/sensitivity"
 	"github.com/sptctl/sptctl/surgery"
@@ -68,6 +69,10 @@ func runSensitivity(c *cli.Context) (*sensitivityReport, error) {
 	if err := checkSensitivity(c); err != nil {
 		return nil, err
 	}
+	// A few large batches, each a forward's worth of activations freed at once: give
+	// their memory back to the system as it is freed, not into arenas the next
+	// batch's tensors fit poorly (see MapLargeAllocs).
+	osmem.MapLargeAllocs(1 << 20)
 	cs, err := computeFrom(c, c.App.ErrWriter, true)
 	if err != nil {
 		return nil, err
