@@ -39,6 +39,13 @@ func TestSensitivityCommand(t *testing.T) {
 	if b, _ := os.ReadFile(png); !strings.HasPrefix(string(b), "\x89PNG") {
 		t.Error("no PNG plot")
 	}
+	// The Σ grad² sums waited between the batches in a file beside the scores: gone.
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		if n := e.Name(); n != "task" && n != "s.safetensors" && n != "s.png" {
+			t.Errorf("%s left in the output folder", n)
+		}
+	}
 }
 
 func TestSensitivityTrainBadInput(t *testing.T) {
