@@ -270,7 +270,9 @@ func (t *tuneRun) allocate(ctx context.Context) (*inject.Plan, error) {
 			w := a.Compute.worker()
 			defer w.Close()
 			sa := sensitivityArgs{Opt: sensitivity.Options{Batches: a.SensBatches, BatchSize: a.SensBatchSize, Classes: t.ds.NumClasses(),
-				HeadSeed: a.Seed, Seed: a.Seed, Head: a.Head, HeadSeeds: a.HeadSeeds}, Top: 0.004, Out: t.file("scores.safetensors"), Plot: t.file("sensitivity.png"), Data: a.Data}
+				HeadSeed: a.Seed, Seed: a.Seed, Head: a.Head, HeadSeeds: a.HeadSeeds,
+				// the Σ grad² sums wait between batches in a temporary file beside the outputs (see sensitivity.Options.SpillDir)
+				SpillDir: filepath.Dir(t.file("scores.safetensors"))}, Top: 0.004, Out: t.file("scores.safetensors"), Plot: t.file("sensitivity.png"), Data: a.Data}
 			rep, s, err := scoreSensitivity(ctx, t.log, a.Compute.engine(w), t.base, t.v, split, t.pre, sa)
 			if err != nil {
 				return err

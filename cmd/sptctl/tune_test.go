@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/sptctl/sptctl/data"
@@ -43,6 +44,14 @@ func TestTuneEndToEnd(t *testing.T) {
 	for _, f := range []string{"report.json", "report.md", "plan.json", "scores.safetensors", "sensitivity.png", "merged.onnx", "merged-int8.onnx", "trained.onnx", "sidecar/base.data", "sidecar/task.onnx", "sidecar/task.data"} {
 		if _, err := os.Stat(filepath.Join(out, f)); err != nil {
 			t.Errorf("tune did not write %s", f)
+		}
+	}
+	// The scoring stage's temporary file of Σ grad² sums (SpillDir) leaves nothing behind.
+	if ents, err := os.ReadDir(out); err == nil {
+		for _, e := range ents {
+			if strings.HasPrefix(e.Name(), ".sptctl-") {
+				t.Errorf("tune left %s in its output folder", e.Name())
+			}
 		}
 	}
 	// The merged model keeps the base's structure, so it counts the base's parameters
