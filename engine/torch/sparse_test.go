@@ -78,23 +78,11 @@ func TestSparseDeltaGradient(t *testing.T) {
 			return err
 		}
 		defer rt.Drop()
-		var pts, vts []*ts.Tensor
-		for p := range pairs {
-			pt, err := tensorFromInt64s(pairs[p], []int64{int64(len(vals[p])), 2})
-			if err != nil {
-				return err
-			}
-			defer pt.Drop()
-			vt, err := tensorFromFloats(vals[p], []int64{int64(len(vals[p]))})
-			if err != nil {
-				return err
-			}
-			defer vt.Drop()
-			if err := vt.RequiresGrad_(true); err != nil {
-				return err
-			}
-			pts, vts = append(pts, pt), append(vts, vt)
+		pts, vts, dropParts, err := sparseParts(pairs, vals, true)
+		if err != nil {
+			return err
 		}
+		defer dropParts()
 		y, err := ts.Linear(xt, wt, bt)
 		if err != nil {
 			return err
@@ -361,23 +349,11 @@ func TestSparseDeltaBF16SameAsFloat32(t *testing.T) {
 				return err
 			}
 			defer rt.Drop()
-			var pts, vts []*ts.Tensor
-			for p := range pairs {
-				pt, err := tensorFromInt64s(pairs[p], []int64{int64(len(vals[p])), 2})
-				if err != nil {
-					return err
-				}
-				defer pt.Drop()
-				vt, err := tensorFromFloats(vals[p], []int64{int64(len(vals[p]))})
-				if err != nil {
-					return err
-				}
-				defer vt.Drop()
-				if err := vt.RequiresGrad_(true); err != nil {
-					return err
-				}
-				pts, vts = append(pts, pt), append(vts, vt)
+			pts, vts, dropParts, err := sparseParts(pairs, vals, true)
+			if err != nil {
+				return err
 			}
+			defer dropParts()
 			x2, err := xt.Reshape([]int64{rows, in}, false)
 			if err != nil {
 				return err
@@ -460,4 +436,35 @@ func TestSparseDeltaBF16SameAsFloat32(t *testing.T) {
 	for p := range pairs {
 		same(fmt.Sprintf("dL/dv part %d (f32 x, bf16 y)", p), mixed.dv[p], oracle.dv[p])
 	}
+}
+
+// sparseParts makes the index tensors [n, 2] and value tensors [n] of a sparse
+// delta's parts (values requiring gradients if grad); drop frees them all.
+func sparseParts(pairs [][]int64, vals [][]float32, grad bool) (pts, vts []*ts.Tensor, drop func(), err error) {
+	drop = func() {
+		for _, t := range append(pts, vts...) {
+			t.Drop()
+		}
+	}
+	for p := range pairs {
+		pt, err := tensorFromInt64s(pairs[p], []int64{int64(len(vals[p])), 2})
+		if err != nil {
+			drop()
+			return nil, nil, nil, err
+		}
+		pts = append(pts, pt)
+		vt, err := tensorFromFloats(vals[p], []int64{int64(len(vals[p]))})
+		if err != nil {
+			drop()
+			return nil, nil, nil, err
+		}
+		vts = append(vts, vt)
+		if grad {
+			if err := vt.RequiresGrad_(true); err != nil {
+				drop()
+				return nil, nil, nil, err
+			}
+		}
+	}
+	return pts, vts, drop, nil
 }

@@ -67,20 +67,11 @@ func TestSparseWeightSameAsDenseSum(t *testing.T) {
 					return err
 				}
 				defer wt.Drop()
-				var pts, vts []*ts.Tensor
-				for p := range pairs {
-					pt, err := tensorFromInt64s(pairs[p], []int64{int64(len(vals[p])), 2})
-					if err != nil {
-						return err
-					}
-					defer pt.Drop()
-					vt, err := tensorFromFloats(vals[p], []int64{int64(len(vals[p]))})
-					if err != nil {
-						return err
-					}
-					defer vt.Drop()
-					pts, vts = append(pts, pt), append(vts, vt)
+				pts, vts, dropParts, err := sparseParts(pairs, vals, false)
+				if err != nil {
+					return err
 				}
+				defer dropParts()
 				if bf16 {
 					was, err := autocastEnter()
 					if err != nil {
