@@ -35,21 +35,7 @@ func TestSparseDeltaGradient(t *testing.T) {
 	x, w, b, r := randn(rows*in), randn(out*in), randn(out), randn(rows*out)
 	// Two parts on disjoint output rows (like the q and v parts of a fused qkv
 	// weight), distinct entries each, not sorted.
-	var pairs [][]int64
-	var vals [][]float32
-	for p, n := range []int{17, 29} {
-		seen := map[[2]int64]bool{}
-		var pr []int64
-		for len(pr) < 2*n {
-			e := [2]int64{int64(p*out/2 + rng.IntN(out/2)), int64(rng.IntN(in))}
-			if !seen[e] {
-				seen[e] = true
-				pr = append(pr, e[0], e[1])
-			}
-		}
-		pairs = append(pairs, pr)
-		vals = append(vals, randn(n))
-	}
+	pairs, vals := randomParts(rng, out, in, 17, 29)
 
 	var gotY, gotDX []float32
 	var gotDV [][]float32
@@ -273,21 +259,7 @@ func TestSparseDeltaBF16SameAsFloat32(t *testing.T) {
 		return v
 	}
 	x, y, r := randn(rows*in), randn(rows*out), randn(rows*out)
-	var pairs [][]int64
-	var vals [][]float32
-	for p, n := range []int{13, 21} {
-		seen := map[[2]int64]bool{}
-		var pr []int64
-		for len(pr) < 2*n {
-			e := [2]int64{int64(p*out/2 + rng.IntN(out/2)), int64(rng.IntN(in))}
-			if !seen[e] {
-				seen[e] = true
-				pr = append(pr, e[0], e[1])
-			}
-		}
-		pairs = append(pairs, pr)
-		vals = append(vals, randn(n))
-	}
+	pairs, vals := randomParts(rng, out, in, 13, 21)
 	type result struct {
 		y, dx []float32
 		dv    [][]float32
@@ -467,4 +439,27 @@ func sparseParts(pairs [][]int64, vals [][]float32, grad bool) (pts, vts []*ts.T
 		}
 	}
 	return pts, vts, drop, nil
+}
+
+// randomParts makes one sparse part per size, part p's entries distinct and on output
+// rows [p·out/2, (p+1)·out/2) (disjoint, like the q and v parts of a fused qkv
+// weight), not sorted, with standard normal values.
+func randomParts(rng *rand.Rand, out, in int, sizes ...int) (pairs [][]int64, vals [][]float32) {
+	for p, n := range sizes {
+		seen := map[[2]int64]bool{}
+		var pr []int64
+		for len(pr) < 2*n {
+			e := [2]int64{int64(p*out/2 + rng.IntN(out/2)), int64(rng.IntN(in))}
+			if !seen[e] {
+				seen[e] = true
+				pr = append(pr, e[0], e[1])
+			}
+		}
+		v := make([]float32, n)
+		for k := range v {
+			v[k] = float32(rng.NormFloat64())
+		}
+		pairs, vals = append(pairs, pr), append(vals, v)
+	}
+	return pairs, vals
 }
