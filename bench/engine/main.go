@@ -45,6 +45,7 @@ func main() {
 	which := flag.String("trainable", "all", "all | marked")
 	adamw := flag.Bool("adamw", false, "also do train.Fit's AdamW update after each backward")
 	cpu := flag.String("cpuprofile", "", "write a CPU profile of the timed steps here")
+	tprof := flag.String("torchprofile", "", "write libtorch's per-operator times of the timed steps here (tab-separated, by self time)")
 	precision := flag.String("precision", "fp32", "fp32 | bf16 (matrix products and convolutions under bfloat16 autocast)")
 	flag.Parse()
 	if flag.NArg() != 1 {
@@ -56,13 +57,13 @@ func main() {
 		fmt.Fprintln(os.Stderr, "engine:", err)
 		os.Exit(1)
 	}
-	if err := run(flag.Arg(0), *batch, *steps, *warm, *threads, *which, *adamw, *cpu, pc.Precision); err != nil {
+	if err := run(flag.Arg(0), *batch, *steps, *warm, *threads, *which, *adamw, *cpu, *tprof, pc.Precision); err != nil {
 		fmt.Fprintln(os.Stderr, "engine:", err)
 		os.Exit(1)
 	}
 }
 
-func run(path string, batch, steps, warm, threads int, which string, adamw bool, cpu string, prec engine.Precision) error {
+func run(path string, batch, steps, warm, threads int, which string, adamw bool, cpu, tprof string, prec engine.Precision) error {
 	t0 := time.Now()
 	m, err := onnxio.Load(path)
 	if err != nil {
@@ -161,6 +162,17 @@ func run(path string, batch, steps, warm, threads int, which string, adamw bool,
 		}
 		pprof.StartCPUProfile(f)
 		defer pprof.StopCPUProfile()
+	}
+	if tprof != "" {
+		var stop func() error
+		if err := w.Do(func() (err error) { stop, err = torch.StartProfile(tprof); return err }); err != nil {
+			return err
+		}
+		defer func() {
+			if err := w.Do(stop); err != nil {
+				fmt.Fprintln(os.Stderr, "engine:", err)
+			}
+		}()
 	}
 	times := make([]float64, steps)
 	cpus := make([]float64, steps)
