@@ -4,7 +4,8 @@
 // untimed steps. It prints one JSON line; /usr/bin/time -v around it gives peak RSS.
 //
 //	go build -o /tmp/engine ./bench/engine
-//	/tmp/engine [-batch 64] [-steps 10] [-warmup 1] [-threads 2] [-trainable all|marked] [-adamw] [-precision fp32|bf16] MODEL
+//	/tmp/engine [-batch 64] [-steps 10] [-warmup 1] [-threads 2] [-trainable all|marked] [-adamw] [-precision fp32|bf16]
+//	            [-cpuprofile F] [-torchprofile F] [-ab MODEL2] MODEL
 //
 // -trainable all: every float initializer gets requires_grad (full fine-tuning).
 // -trainable marked: only the initializers `sptctl inject` marked trainable (what
@@ -12,6 +13,15 @@
 // AdamW update in Go (AdamW.Apply: Grad, Floats, Update, SetFloats per trainable) and a SetSeed.
 // The model proto is released after Compile (the executor copies the weights into
 // libtorch). The JSON has the peak RSS (VmHWM) after Compile and at the end.
+// -cpuprofile writes Go's CPU profile of the timed steps; -torchprofile writes
+// libtorch's per-operator self and total milliseconds, calls and input shapes over the
+// timed steps, one tab-separated line per operator and shapes, by self time
+// (torch.StartProfile): how to see which operators one plan's step spends more on than
+// another's (diff two files by operator).
+// -ab MODEL2 compiles both models on the one worker and alternates their steps (A B,
+// B A, ...) so that both see the same machine: the JSON's "ab" has MODEL2's medians
+// and the median of the per-pair ratios MODEL / MODEL2, in wall and CPU seconds (what
+// bench/stepcost/run.sh compares plans with; the peak RSS is then both models').
 // bench/engine/run.sh and bench/serve/run.sh run it beside PyTorch.
 package main
 
@@ -24,6 +34,7 @@ import (
 	"runtime"
 	"runtime/debug"
 	"runtime/pprof"
+	"slices"
 	"sort"
 	"strings"
 	"syscall"
@@ -47,6 +58,7 @@ func main() {
 	cpu := flag.String("cpuprofile", "", "write a CPU profile of the timed steps here")
 	tprof := flag.String("torchprofile", "", "write libtorch's per-operator times of the timed steps here (tab-separated, by self time)")
 	precision := flag.String("precision", "fp32", "fp32 | bf16 (matrix products and convolutions under bfloat16 autocast)")
+	other := flag.String("ab", "", "a second model: compile both, alternate their steps in the same process and report both and the per-pair ratios (MODEL / this)")
 	flag.Parse()
 	if flag.NArg() != 1 {
 		fmt.Fprintln(os.Stderr, "usage: engine [flags] MODEL")
@@ -57,102 +69,138 @@ func main() {
 		fmt.Fprintln(os.Stderr, "engine:", err)
 		os.Exit(1)
 	}
-	if err := run(flag.Arg(0), *batch, *steps, *warm, *threads, *which, *adamw, *cpu, *tprof, pc.Precision); err != nil {
+	if err := run(flag.Arg(0), *other, *batch, *steps, *warm, *threads, *which, *adamw, *cpu, *tprof, pc.Precision); err != nil {
 		fmt.Fprintln(os.Stderr, "engine:", err)
 		os.Exit(1)
 	}
 }
 
-func run(path string, batch, steps, warm, threads int, which string, adamw bool, cpu, tprof string, prec engine.Precision) error {
-	t0 := time.Now()
+// model is one compiled model with its fixed batch and optimizer.
+type model struct {
+	path   string
+	p      engine.Program
+	nTrain int64
+	imgs   []float32
+	labels []int64
+	opt    *train.AdamW
+	loss   float64
+}
+
+// compile loads and compiles path on w, marking the trainable weights (which: all or
+// marked), and makes its fixed random batch.
+func compile(w *torch.Worker, path string, batch int, which string, prec engine.Precision) (*model, error) {
 	m, err := onnxio.Load(path)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	var marked []string
-	if which == "marked" {
-		if marked, err = meta.Trainable(m); err != nil {
-			return err
-		}
-	}
-	w := torch.NewWorkerThreads(threads)
-	defer w.Close()
-	var p engine.Program
 	var names []string
-	var nTrain int64
-	var per int
-	var sample []int64
-	err = w.Do(func() error {
-		names = marked
-		if which == "all" { // every float initializer (what Program.Params lists)
-			names = nil
-			for _, t := range m.GetGraph().GetInitializer() {
-				if t.GetDataType() == int32(onnxpb.TensorProto_FLOAT) {
-					names = append(names, t.GetName())
-				}
+	if which == "marked" {
+		if names, err = meta.Trainable(m); err != nil {
+			return nil, err
+		}
+	} else { // every float initializer (what Program.Params lists)
+		for _, t := range m.GetGraph().GetInitializer() {
+			if t.GetDataType() == int32(onnxpb.TensorProto_FLOAT) {
+				names = append(names, t.GetName())
 			}
 		}
+	}
+	md := &model{path: path, opt: train.NewAdamW(1e-4)}
+	per := 1
+	err = w.Do(func() error {
 		var err error
-		if p, err = w.Compile(m, engine.Options{Trainable: names, Precision: prec}); err != nil {
+		if md.p, err = w.Compile(m, engine.Options{Trainable: names, Precision: prec}); err != nil {
 			return err
 		}
-		for _, n := range p.Trainable() {
-			s, _ := p.ParamShape(n)
+		for _, n := range md.p.Trainable() {
+			s, _ := md.p.ParamShape(n)
 			c := int64(1)
 			for _, d := range s {
 				c *= d
 			}
-			nTrain += c
+			md.nTrain += c
 		}
-		sample = p.Inputs()[0].Shape[1:]
-		per = 1
-		for _, d := range sample {
+		for _, d := range md.p.Inputs()[0].Shape[1:] {
 			per *= int(d)
 		}
 		return nil
 	})
 	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	rng := rand.New(rand.NewSource(1))
+	md.imgs = make([]float32, batch*per)
+	for k := range md.imgs {
+		md.imgs[k] = float32(rng.NormFloat64())
+	}
+	md.labels = make([]int64, batch)
+	for k := range md.labels {
+		md.labels[k] = int64(k % 5)
+	}
+	return md, nil
+}
+
+// step runs one training step (and, with adamw, the update) and returns its wall and
+// CPU seconds.
+func (md *model) step(w *torch.Worker, batch int, adamw bool) (wall, cpu float64, err error) {
+	s, c := time.Now(), cpuSeconds()
+	err = w.Do(func() error {
+		if adamw {
+			if err := w.SetSeed(uint64(md.opt.Step)); err != nil {
+				return err
+			}
+		}
+		r, err := train.Step(md.p, md.imgs, md.labels, batch)
+		if err != nil {
+			return err
+		}
+		md.loss = r.Loss
+		if !adamw {
+			return nil
+		}
+		return md.opt.Apply(md.p, 1e-4)
+	})
+	return time.Since(s).Seconds(), cpuSeconds() - c, err
+}
+
+func median(v []float64) float64 {
+	v = slices.Clone(v)
+	sort.Float64s(v)
+	return v[len(v)/2]
+}
+
+func run(path, other string, batch, steps, warm, threads int, which string, adamw bool, cpu, tprof string, prec engine.Precision) error {
+	t0 := time.Now()
+	w := torch.NewWorkerThreads(threads)
+	defer w.Close()
+	a, err := compile(w, path, batch, which, prec)
+	if err != nil {
 		return err
 	}
-	names = p.Trainable()
-	m = nil
+	models := []*model{a}
+	if other != "" {
+		b, err := compile(w, other, batch, which, prec)
+		if err != nil {
+			return err
+		}
+		models = append(models, b)
+	}
+	defer w.Do(func() error {
+		for _, md := range models {
+			md.p.Close()
+		}
+		return nil
+	})
 	runtime.GC()
 	debug.FreeOSMemory()
 	compileS := time.Since(t0).Seconds()
 	hwmCompile := hwmMB()
 
-	rng := rand.New(rand.NewSource(1))
-	imgs := make([]float32, batch*per)
-	for k := range imgs {
-		imgs[k] = float32(rng.NormFloat64())
-	}
-	labels := make([]int64, batch)
-	for k := range labels {
-		labels[k] = int64(k % 5)
-	}
-	opt := train.NewAdamW(1e-4)
-	var loss float64
-	step := func() error {
-		return w.Do(func() error {
-			if adamw {
-				if err := w.SetSeed(uint64(opt.Step)); err != nil {
-					return err
-				}
-			}
-			r, err := train.Step(p, imgs, labels, batch)
-			if err != nil {
+	for i := 0; i < warm; i++ {
+		for _, md := range models {
+			if _, _, err := md.step(w, batch, adamw); err != nil {
 				return err
 			}
-			loss = r.Loss
-			if !adamw {
-				return nil
-			}
-			return opt.Apply(p, 1e-4)
-		})
-	}
-	for i := 0; i < warm; i++ {
-		if err := step(); err != nil {
-			return err
 		}
 	}
 	if cpu != "" {
@@ -174,27 +222,50 @@ func run(path string, batch, steps, warm, threads int, which string, adamw bool,
 			}
 		}()
 	}
-	times := make([]float64, steps)
-	cpus := make([]float64, steps)
+	// times[k][i], cpus[k][i]: model k's step i. With two models the steps alternate
+	// in pairs, the order swapped every pair, so both see the same machine.
+	times := make([][]float64, len(models))
+	cpus := make([][]float64, len(models))
 	start := time.Now()
 	for i := 0; i < steps; i++ {
-		s, c := time.Now(), cpuSeconds()
-		if err := step(); err != nil {
-			return err
+		for j := range models {
+			k := j
+			if i%2 == 1 {
+				k = len(models) - 1 - j
+			}
+			wall, c, err := models[k].step(w, batch, adamw)
+			if err != nil {
+				return err
+			}
+			times[k] = append(times[k], wall)
+			cpus[k] = append(cpus[k], c)
 		}
-		times[i] = time.Since(s).Seconds()
-		cpus[i] = cpuSeconds() - c
 	}
-	sort.Float64s(cpus)
 	total := time.Since(start).Seconds()
-	sort.Float64s(times)
-	w.Do(func() error { p.Close(); return nil })
-	return json.NewEncoder(os.Stdout).Encode(map[string]any{
-		"impl": "sptctl", "precision": prec.String(), "batch": batch, "steps": steps, "threads": threads, "trainable_params": nTrain,
-		"trainable_tensors": len(names), "compile_s": compileS, "step_median_s": times[len(times)/2],
-		"images_per_s": float64(batch) / times[len(times)/2], "images_per_s_mean": float64(batch*steps) / total, "loss": loss,
-		"cpu_step_median_s": cpus[len(cpus)/2], "peak_rss_mb_after_compile": hwmCompile, "peak_rss_mb": hwmMB(), "cpu_s_per_image": cpus[len(cpus)/2] / float64(batch),
-	})
+	out := map[string]any{
+		"impl": "sptctl", "precision": prec.String(), "batch": batch, "steps": steps, "threads": threads, "trainable_params": a.nTrain,
+		"trainable_tensors": len(a.p.Trainable()), "compile_s": compileS, "step_median_s": median(times[0]),
+		"images_per_s": float64(batch) / median(times[0]), "loss": a.loss,
+		"cpu_step_median_s": median(cpus[0]), "peak_rss_mb_after_compile": hwmCompile, "peak_rss_mb": hwmMB(), "cpu_s_per_image": median(cpus[0]) / float64(batch),
+	}
+	if len(models) == 1 {
+		out["images_per_s_mean"] = float64(batch*steps) / total
+	} else {
+		b := models[1]
+		ratio := func(x [][]float64) float64 {
+			r := make([]float64, steps)
+			for i := range r {
+				r[i] = x[0][i] / x[1][i]
+			}
+			return median(r)
+		}
+		out["ab"] = map[string]any{
+			"a": a.path, "b": b.path, "b_trainable_params": b.nTrain, "b_loss": b.loss,
+			"b_step_median_s": median(times[1]), "b_cpu_step_median_s": median(cpus[1]),
+			"step_ratio_median": ratio(times), "cpu_ratio_median": ratio(cpus),
+		}
+	}
+	return json.NewEncoder(os.Stdout).Encode(out)
 }
 
 // hwmMB is the process's peak resident set size so far (VmHWM), in MB.

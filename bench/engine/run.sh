@@ -5,6 +5,8 @@
 #
 #   bench/engine/run.sh                    # writes bench/RESULTS-engine.md (ROUNDS=3)
 #   ROUNDS=5 MODELS=small bench/engine/run.sh
+#   SMALL_STEPS=40 SMALL_WARMUP=3 VIT_STEPS=6 VIT_WARMUP=2   # timed steps / warm-ups per process (defaults)
+#   LOAD_NOTE="Nothing else ran." bench/engine/run.sh   # what else ran, for the report
 #   REPORT_FROM=RUNS bench/engine/run.sh   # only the report, from a saved runs file
 #                                          # (RUNS_COPY=FILE saves one while running)
 #
@@ -37,6 +39,8 @@ VIT=bench/cache/vit_b_16.onnx
 SMALL=bench/cache/vit_small28.onnx
 THREADS=${THREADS:-2}
 MODELS=${MODELS:-small vit_b_16}
+SMALL_STEPS=${SMALL_STEPS:-40} SMALL_WARMUP=${SMALL_WARMUP:-3}
+VIT_STEPS=${VIT_STEPS:-6} VIT_WARMUP=${VIT_WARMUP:-2}
 [[ -x $TIME ]] || { echo "run.sh: $TIME missing (apt-get install time)" >&2; exit 1; }
 W=$(mktemp -d)
 trap 'rm -rf "$W"' EXIT
@@ -69,15 +73,15 @@ else
 	}
 	# args MODEL IMPL PRECISION: the command line of one measurement.
 	args() {
-		local model=$1 impl=$2 prec=$3 path batch steps classes
+		local model=$1 impl=$2 prec=$3 path batch steps warm classes
 		case $model in
-		small) path=$SMALL batch=64 steps=5 classes=5 ;;
-		vit_b_16) path=$VIT batch=8 steps=2 classes=1000 ;;
+		small) path=$SMALL batch=64 steps=$SMALL_STEPS warm=$SMALL_WARMUP classes=5 ;;
+		vit_b_16) path=$VIT batch=8 steps=$VIT_STEPS warm=$VIT_WARMUP classes=1000 ;;
 		esac
 		if [[ $impl == go ]]; then
-			echo "$W/engine -batch $batch -steps $steps -warmup 1 -threads $THREADS -precision $prec $path"
+			echo "$W/engine -batch $batch -steps $steps -warmup $warm -threads $THREADS -precision $prec $path"
 		else
-			echo "$PY bench/engine/torch_fb.py --model $model --classes $classes --batch $batch --steps $steps --warmup 1 --threads $THREADS$([[ $prec == bf16 ]] && echo ' --bf16')"
+			echo "$PY bench/engine/torch_fb.py --model $model --classes $classes --batch $batch --steps $steps --warmup $warm --threads $THREADS$([[ $prec == bf16 ]] && echo ' --bf16')"
 		fi
 	}
 	for r in $(seq "$ROUNDS"); do
@@ -166,12 +170,11 @@ PYEOF
 	echo "$(grep -qw avx512_bf16 /proc/cpuinfo && echo avx512_bf16 || echo 'no avx512_bf16'), $(grep -qw amx_bf16 /proc/cpuinfo && echo amx_bf16 || echo 'no amx_bf16')), $THREADS threads each side,"
 	echo "$REV, OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-(default: spin)} on both sides)."
 	echo "Full fine-tuning (all float weights trainable); one step = zero-grad + forward + cross-entropy +"
-	echo "backward, one fixed random batch; small: 5 timed steps, vit_b_16: 2, after 1 warm-up. Per round and"
+	echo "backward, one fixed random batch; small: $SMALL_STEPS timed steps after $SMALL_WARMUP warm-ups, vit_b_16: $VIT_STEPS after $VIT_WARMUP. Per round and"
 	echo "model the four processes ran back to back (the order reversed every other round). Peak RSS: the"
 	echo "process's (/usr/bin/time)."
 	echo
-	echo "**Load.** The machine was not quiet: other processes (the lead's SPT suite, two pinned"
-	echo "training processes, and other helpers' jobs) used both cores while this ran."
+	echo "**Load.** ${LOAD_NOTE:-What else ran on the machine was not recorded (LOAD_NOTE says).}"
 	echo "uptime at the start: \`$LOAD_START\`; at the end: \`$LOAD_END\`; the 1-minute load before each"
 	echo "process is in the tables. Wall-clock images/s therefore measures the share of the cores a process"
 	echo "got as much as its speed; **the ratios against the targets use CPU-s per image** (the process's"

@@ -6,6 +6,8 @@
 #   bench/stepcost/run.sh                  # writes bench/RESULTS-stepcost.md (ROUNDS=3)
 #   MODELS=small ROUNDS=5 PLANS="spt lora" PRECISIONS=bf16 bench/stepcost/run.sh
 #   KEEP=DIR bench/stepcost/run.sh        # keep (and reuse) the scores, plans and models in DIR
+#   LOAD_NOTE="Nothing else ran." bench/stepcost/run.sh   # what else ran, for the report
+#   AB=0 bench/stepcost/run.sh             # without the in-process A/B runs (AB_VIT_STEPS=8 pairs on vit_b_16)
 #   REPORT_FROM=RUNS bench/stepcost/run.sh # only the report, from a saved runs file
 #
 # Plans (sptctl's own commands, as a user runs them): LoRA-only is `allocate --strategy
@@ -21,7 +23,10 @@
 # too noisy to compare two plans), vit_b_16 6 after 2 (2.5-6 s a step); SMALL_STEPS,
 # SMALL_WARMUP, VIT_STEPS, VIT_WARMUP change them. Each measurement is its own process
 # under /usr/bin/time (peak RSS); per round the plans run back to back in both
-# precisions (order reversed every other round).
+# precisions (order reversed every other round). Then (AB=1, the default) per round and
+# precision one more process compiles both plans and alternates their steps
+# (bench/engine -ab): a ratio of steps run back to back, which this machine's drift
+# over minutes (±5-10% between processes) does not reach.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROUNDS=${ROUNDS:-3}
@@ -37,6 +42,7 @@ PRECISIONS=${PRECISIONS:-fp32 bf16}
 PLANS=${PLANS:-spt lora full}
 SMALL_STEPS=${SMALL_STEPS:-40} SMALL_WARMUP=${SMALL_WARMUP:-3}
 VIT_STEPS=${VIT_STEPS:-6} VIT_WARMUP=${VIT_WARMUP:-2}
+AB=${AB:-1} AB_VIT_STEPS=${AB_VIT_STEPS:-8}
 [[ -x $TIME ]] || { echo "run.sh: $TIME missing (apt-get install time)" >&2; exit 1; }
 W=${KEEP:-$(mktemp -d)}
 mkdir -p "$W"
@@ -45,11 +51,13 @@ LOAD_START=$(uptime)
 # the code measured: the commit, and whether the executor or the benchmark differ from it
 REV=$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- engine train bench/engine bench/stepcost inject || echo '+uncommitted changes')
 : >"$W/runs"
+: >"$W/ab"
 if [[ -n ${REPORT_FROM:-} ]]; then
 	cp "$REPORT_FROM" "$W/runs"
 	LOAD_START=$(cat "$REPORT_FROM.load" 2>/dev/null || echo "(not saved)")
 	REV=$(cat "$REPORT_FROM.rev" 2>/dev/null || echo "(not saved)")
 	cp "$REPORT_FROM.plans" "$W/plans" 2>/dev/null || : >"$W/plans"
+	cp "$REPORT_FROM.ab" "$W/ab" 2>/dev/null || : >"$W/ab"
 	ROUNDS=$(awk '{print $NF}' "$W/runs" | sort -un | wc -l)
 else
 	[[ " $MODELS " != *" vit_b_16 "* || -f $VIT ]] || $PY bench/make_vit_b16.py "$VIT" >&2
@@ -104,6 +112,23 @@ else
 		echo "$m $p $prec $v $rss $load $r" >>"$W/runs"
 		echo "  $m $p $prec: $v (step s, CPU-s, trainable) $rss MB, load $load" >&2
 	}
+	# ab: the SPT and LoRA-only plans compiled in one process, their steps alternating
+	# (bench/engine -ab): the ratio of two steps that ran back to back on the same
+	# machine state, which separate processes minutes apart are not.
+	ab() {
+		local m=$1 prec=$2 r=$3 batch steps warm load
+		case $m in
+		small) batch=64 steps=$SMALL_STEPS warm=$SMALL_WARMUP ;;
+		vit_b_16) batch=8 steps=$AB_VIT_STEPS warm=$VIT_WARMUP ;;
+		esac
+		load=$(cut -d' ' -f1 /proc/loadavg)
+		"$W/engine" -batch $batch -steps $steps -warmup $warm -threads "$THREADS" -trainable marked -adamw \
+			-precision "$prec" -ab "$W/$m.lora.onnx" "$W/$m.spt.onnx" >"$W/j" 2>"$W/e" || { cat "$W/e" >&2; exit 1; }
+		local v
+		v=$($PY -c 'import json,sys; d=json.load(open(sys.argv[1]))["ab"]; print(d["cpu_ratio_median"], d["step_ratio_median"])' "$W/j")
+		echo "$m $prec $v $load $r" >>"$W/ab"
+		echo "  $m A/B in one process, $prec: SPT / LoRA-only $v (CPU-s, wall), load $load" >&2
+	}
 	for r in $(seq "$ROUNDS"); do
 		echo "round $r ($(uptime))" >&2
 		order=""
@@ -111,8 +136,11 @@ else
 		((r % 2)) || order=$(tr ' ' '\n' <<<"$order" | tac | xargs)
 		for m in $MODELS; do
 			for x in $order; do one "$m" "${x%:*}" "${x#*:}" "$r"; done
+			[[ $AB == 1 && " $PLANS " == *" spt "* && " $PLANS " == *" lora "* ]] || continue
+			for prec in $PRECISIONS; do ab "$m" "$prec" "$r"; done
 		done
 		if [[ -n ${RUNS_COPY:-} ]]; then
+			cp "$W/ab" "$RUNS_COPY.ab"
 			cp "$W/runs" "$RUNS_COPY"
 			cp "$W/plans" "$RUNS_COPY.plans"
 			echo "$LOAD_START" >"$RUNS_COPY.load"
@@ -122,11 +150,13 @@ else
 fi
 LOAD_END=$(uptime)
 
-$PY - "$W/runs" "$W/plans" <<'PYEOF' >"$W/table"
+$PY - "$W/runs" "$W/plans" "$W/ab" <<'PYEOF' >"$W/table"
 import statistics as st, sys
 R = [dict(model=r[0], plan=r[1], prec=r[2], step=float(r[3]), cpu=float(r[4]), n=int(r[5]), rss=int(r[6]), load=float(r[7]), round=int(r[8]))
      for r in (l.split() for l in open(sys.argv[1]) if l.strip())]
 plans = {(r[0], r[1]): r for r in (l.split() for l in open(sys.argv[2]) if l.strip())}
+AB = [dict(model=r[0], prec=r[1], cpu=float(r[2]), wall=float(r[3]), load=float(r[4]), round=int(r[5]))
+      for r in (l.split() for l in open(sys.argv[3]) if l.strip())]
 names = {"small": "small ViT (models/vit-fmnist.onnx), batch 64", "vit_b_16": "vit_b_16 224x224, batch 8"}
 label = {"spt": "SPT (spt, budget = LoRA-qv's count)", "lora": "LoRA-only (lora-qv)", "full": "full fine-tuning"}
 
@@ -176,6 +206,21 @@ for m in ("small", "vit_b_16"):
               f"{'yes' if st.median(c) <= 1.1 else '**no**'} | {mem:.2f} ({max(r['rss'] for r in rs)} / {max(r['rss'] for r in rl)} MB) | "
               f"{'yes' if mem <= 1.1 else '**no**'} | {full} |")
     print()
+    ab = [r for r in AB if r["model"] == m]
+    if ab:
+        print("In one process (`bench/engine -ab`: both plans compiled, their steps alternating, the ratio per pair of")
+        print("steps, its median per process), one process per round and precision:")
+        print()
+        print("| precision | SPT / LoRA-only step, by CPU-s (median of rounds; per round) | by wall s (median; per round) | target <= 1.1 (by CPU-s) | load per process |")
+        print("|---|---|---|---|---|")
+        for prec in ("fp32", "bf16"):
+            rs = sorted((r for r in ab if r["prec"] == prec), key=lambda r: r["round"])
+            if not rs:
+                continue
+            c, w = [r["cpu"] for r in rs], [r["wall"] for r in rs]
+            print(f"| {prec} | {st.median(c):.2f} ({', '.join(format(v, '.2f') for v in c)}) | {st.median(w):.2f} ({', '.join(format(v, '.2f') for v in w)}) | "
+                  f"{'yes' if st.median(c) <= 1.1 else '**no**'} | {', '.join(format(r['load'], '.1f') for r in rs)} |")
+        print()
 PYEOF
 {
 	echo "# Step cost: SPT vs LoRA-only at equal trainable count vs full fine-tuning (issue 11)"
@@ -192,8 +237,8 @@ PYEOF
 	echo "after $VIT_WARMUP); peak RSS the process's (/usr/bin/time). Per round the six processes (3 plans x fp32/bf16) ran back to back,"
 	echo "the order reversed every other round; ratios are medians of the per-round ratios."
 	echo
-	echo "**Load.** Other processes (the lead's SPT suite on both cores, other helpers' jobs) ran throughout:"
-	echo "uptime at the start \`$LOAD_START\`, at the end \`$LOAD_END\`; the 1-minute load before each process is in"
+	echo "**Load.** ${LOAD_NOTE:-What else ran on the machine was not recorded (LOAD_NOTE says).}"
+	echo "Uptime at the start \`$LOAD_START\`, at the end \`$LOAD_END\`; the 1-minute load before each process is in"
 	echo "the tables. The ratios therefore use **CPU-s per step** (the process's user+sys time over the step, with"
 	echo "OMP_WAIT_POLICY=PASSIVE so waiting threads sleep); wall-clock ratios are beside them."
 	echo

@@ -5,6 +5,7 @@ import (
 
 	"github.com/sugarme/gotch/ts"
 
+	"github.com/sptctl/sptctl/engine"
 	"github.com/sptctl/sptctl/onnxio"
 	"github.com/sptctl/sptctl/onnxio/onnxpb"
 	"github.com/sptctl/sptctl/surgery/constfold"
@@ -229,9 +230,11 @@ func (c *sparseChain) fusion() *fusion {
 }
 
 // sparseAsWeight says whether a sparse-delta linear with a frozen weight [out, in]
-// over rows rows runs as linear(x, W + S) (see opSparseLinear). A variable: tests run
-// both ways.
-var sparseAsWeight = func(out, in, rows int64) bool { return out*in <= 1<<18 && 2*out <= rows }
+// over rows rows runs as linear(x, W + S) (see opSparseLinear): always under bf16
+// autocast, which casts a frozen W to bfloat16 at every call anyway (it caches only
+// trainable leaves), so making W + S in bfloat16 instead costs nothing extra; in fp32
+// for small weights only. A variable: tests run both ways.
+var sparseAsWeight = func(out, in, rows int64, bf16 bool) bool { return bf16 || out*in <= 1<<18 && 2*out <= rows }
 
 // opSparseLinear: y = linear(x, W, b) + S·x (see sparse.go), W stored [in, out]
 // (transposed) or [out, in]. The index pairs (output, input) are made once, at
@@ -315,16 +318,17 @@ func opSparseLinear(transposed, computedB bool, out int64) opFunc {
 				}
 				pts, vts = append(pts, pt), append(vts, vt)
 			}
-			// A small frozen weight (sparseAsWeight: at most 2^18 elements and out ≤
-			// rows/2, the small ViT's layers at batch 64, none of vit_b_16's) is
-			// multiplied as W + S, a copy of W's size made per step (bfloat16 under
-			// autocast: the linear casts nothing): the linear's backward then gives x
+			// A frozen weight under bf16 autocast, or a small one in fp32 (sparseAsWeight:
+			// at most 2^18 elements and out ≤ rows/2, the small ViT's layers at batch 64,
+			// none of vit_b_16's), is multiplied as W + S, a copy of W's size made per
+			// step (bfloat16 under autocast, in place of the cast autocast would make of
+			// W: the linear casts nothing): the linear's backward then gives x
 			// its whole gradient in one product, where the separate sparse share costs
 			// a full-size ∂/∂x ([rows, in], at least twice W's size here) and its sum
 			// with the linear's. The op then only gives the values their gradients.
 			add := true
 			if ws, err := w.Size(); err == nil && len(ws) == 2 && !w.MustRequiresGrad() {
-				add = !sparseAsWeight(ws[0], ws[1], int64(x.Numel())/max(ws[1], 1))
+				add = !sparseAsWeight(ws[0], ws[1], int64(x.Numel())/max(ws[1], 1), r.p.precision == engine.BF16)
 			}
 			xs := x
 			if !add {

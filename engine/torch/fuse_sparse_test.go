@@ -34,7 +34,7 @@ func bothWays(t *testing.T, f func(t *testing.T)) {
 	saved := sparseAsWeight
 	defer func() { sparseAsWeight = saved }()
 	for _, asWeight := range []bool{false, true} {
-		sparseAsWeight = func(int64, int64, int64) bool { return asWeight }
+		sparseAsWeight = func(int64, int64, int64, bool) bool { return asWeight }
 		t.Run(map[bool]string{false: "delta", true: "weight"}[asWeight], f)
 	}
 }

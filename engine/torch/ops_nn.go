@@ -180,6 +180,6 @@ func opDropout(c *nodeCtx) (kernel, error) {
 		if ratio >= 1 {
 			return one(x.ZerosLike(false))
 		}
-		return one(ts.Dropout(x, ratio, true))
+		return one(dropout(x, ratio))
 	}, nil
 }

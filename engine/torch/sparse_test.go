@@ -216,7 +216,15 @@ func BenchmarkSparseDelta(b *testing.B) {
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		onTorch(b, func() error {
-			z, err := sparseDeltaAdd(y, x, pts, vts, true)
+			// The op adds into y in place and makes it its output: a fresh handle per
+			// iteration, without the last one's history (the values accumulate, which
+			// the timing does not mind).
+			yi, err := y.Detach(false)
+			if err != nil {
+				return err
+			}
+			defer yi.Drop()
+			z, err := sparseDeltaAdd(yi, x, pts, vts, true)
 			if err != nil {
 				return err
 			}
@@ -462,4 +470,95 @@ func randomParts(rng *rand.Rand, out, in int, sizes ...int) (pairs [][]int64, va
 		pairs, vals = append(pairs, pr), append(vals, v)
 	}
 	return pairs, vals
+}
+
+// BenchmarkSparseLinear: one vit_b_16 layer with a sparse delta as the executor runs
+// it, forward and backward (x, entries), in fp32 and under bf16 autocast, both ways:
+// "add" is linear(x, W) plus the op adding S·x (and its share of ∂/∂x), "weight" is
+// linear(x, W + S) with W + S made per step (sparseWeight) and the op giving only the
+// entries' gradients; "dense" is linear(x, W) alone, the cost without the delta. 8 images of 197 tokens, q/k/v weight [2304, 768], 450 entries
+// (an SPT plan at ~0.4M gives its 40 sparse matrices ~18,000).
+func BenchmarkSparseLinear(b *testing.B) {
+	const rows, in, out, n = 8 * 197, 768, 2304, 450
+	rng := rand.New(rand.NewPCG(3, 4))
+	randn := func(k int) []float32 {
+		v := make([]float32, k)
+		for i := range v {
+			v[i] = float32(rng.NormFloat64())
+		}
+		return v
+	}
+	var x, w, r, pt, vt *ts.Tensor
+	onTorch(b, func() error {
+		var err error
+		if x, err = tensorFromFloats(randn(rows*in), []int64{rows, in}); err != nil {
+			return err
+		}
+		if err := x.RequiresGrad_(true); err != nil {
+			return err
+		}
+		if w, err = tensorFromFloats(randn(out*in), []int64{out, in}); err != nil {
+			return err
+		}
+		if r, err = tensorFromFloats(randn(rows*out), []int64{rows, out}); err != nil {
+			return err
+		}
+		pr := make([]int64, 0, 2*n)
+		for k := 0; k < n; k++ {
+			pr = append(pr, int64(rng.IntN(out)), int64(rng.IntN(in)))
+		}
+		if pt, err = tensorFromInt64s(pr, []int64{n, 2}); err != nil {
+			return err
+		}
+		if vt, err = tensorFromFloats(randn(n), []int64{n}); err != nil {
+			return err
+		}
+		return vt.RequiresGrad_(true)
+	})
+	for _, bf16 := range []bool{false, true} {
+		for _, way := range []string{"dense", "add", "weight"} {
+			asWeight := way == "weight"
+			b.Run(map[bool]string{false: "fp32", true: "bf16"}[bf16]+"/"+way, func(b *testing.B) {
+				for i := 0; i < b.N; i++ {
+					onTorch(b, func() error {
+						if bf16 {
+							was, err := autocastEnter()
+							if err != nil {
+								return err
+							}
+							defer autocastExit(was)
+						}
+						wi, xi := w, x
+						if asWeight {
+							weff, err := sparseWeight(w, []*ts.Tensor{pt}, []*ts.Tensor{vt})
+							if err != nil {
+								return err
+							}
+							defer weff.Drop()
+							xd, err := x.Detach(false)
+							if err != nil {
+								return err
+							}
+							defer xd.Drop()
+							wi, xi = weff, xd
+						}
+						y, err := ts.Linear(x, wi, new(ts.Tensor))
+						if err != nil {
+							return err
+						}
+						defer y.Drop()
+						if way == "dense" {
+							return backwardOfWeightedSum(y, r)
+						}
+						z, err := sparseDeltaAdd(y, xi, []*ts.Tensor{pt}, []*ts.Tensor{vt}, !asWeight)
+						if err != nil {
+							return err
+						}
+						defer z.Drop()
+						return backwardOfWeightedSum(z, r)
+					})
+				}
+			})
+		}
+	}
 }
