@@ -4,7 +4,7 @@ backward (and optionally an AdamW step) on a torchvision VisionTransformer, one 
 random batch, timing STEPS steps after WARMUP. Prints one JSON line.
 
   /usr/bin/python3 bench/engine/torch_fb.py --model small|vit_b_16 [--batch 64] [--steps 10]
-      [--threads 2] [--lora PLAN.json] [--adamw] [--bf16]
+      [--threads 2] [--lora PLAN.json] [--adamw] [--bf16] [--profile FILE]
 
 small: VisionTransformer(28, patch 7, 6 layers, 3 heads, dim 96, mlp 384, 5 classes) with a
 1-channel conv_proj, as models/make_init.py. vit_b_16: torchvision.models.vit_b_16().
@@ -14,6 +14,9 @@ values). Train mode; torchvision's ViT has dropout 0, so train == eval numerical
 (LoRA branches, sparse entries, vectors, new head); only those are trainable.
 --bf16: the forward runs under torch.autocast("cpu", dtype=torch.bfloat16) (mixed precision:
 matrix products in bfloat16, weights and gradients fp32); the loss is taken in fp32.
+--profile FILE: PyTorch's operator profiler over the timed steps, one tab-separated line per
+operator and input shapes (self ms, total ms, calls, operator, shapes), as bench/engine
+-torchprofile writes, to compare the two op by op.
 """
 import argparse, json, os, sys, time
 
@@ -47,6 +50,7 @@ def main():
     ap.add_argument("--lora", default="")
     ap.add_argument("--adamw", action="store_true")
     ap.add_argument("--bf16", action="store_true", help="forward under torch.autocast('cpu', dtype=torch.bfloat16)")
+    ap.add_argument("--profile", default="", help="write per-operator times of the timed steps here (bench/engine -torchprofile's format)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     t0 = time.time()
@@ -82,6 +86,10 @@ def main():
 
     for _ in range(a.warmup):
         step()
+    prof = None
+    if a.profile:
+        prof = torch.autograd.profiler.profile(record_shapes=True)
+        prof.__enter__()
     times, cpus = [], []
     t = time.perf_counter()
     for _ in range(a.steps):
@@ -91,6 +99,14 @@ def main():
         cpus.append(time.process_time() - c)
     cpus.sort()
     total = time.perf_counter() - t
+    if prof is not None:
+        prof.__exit__(None, None, None)
+        rows = sorted(prof.key_averages(group_by_input_shape=True), key=lambda e: -e.self_cpu_time_total)
+        with open(a.profile, "w") as f:
+            f.write("self_ms\ttotal_ms\tcalls\top\tinput_shapes\n")
+            for e in rows:
+                shapes = str(e.input_shapes).replace("[]", "[]")
+                f.write(f"{e.self_cpu_time_total / 1000:g}\t{e.cpu_time_total / 1000:g}\t{e.count}\t{e.key}\t{shapes}\n")
     times.sort()
     print(json.dumps({"impl": "pytorch", "precision": "bf16" if a.bf16 else "fp32", "batch": a.batch, "steps": a.steps, "threads": torch.get_num_threads(),
                       "trainable_params": ntrain, "trainable_tensors": len(params), "compile_s": build_s,
