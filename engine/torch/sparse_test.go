@@ -170,29 +170,9 @@ func TestSparseDeltaGradient(t *testing.T) {
 func BenchmarkSparseDelta(b *testing.B) {
 	const rows, in, out, n = 8 * 197, 768, 2304, 20000
 	rng := rand.New(rand.NewPCG(1, 2))
-	randn := func(k int) []float32 {
-		v := make([]float32, k)
-		for i := range v {
-			v[i] = float32(rng.NormFloat64())
-		}
-		return v
-	}
-	var x, y, r *ts.Tensor
+	x, y, r := benchLayer(b, rng, rows, in, out, false)
 	var pts, vts []*ts.Tensor
 	onTorch(b, func() error {
-		var err error
-		if x, err = tensorFromFloats(randn(rows*in), []int64{rows, in}); err != nil {
-			return err
-		}
-		if err := x.RequiresGrad_(true); err != nil {
-			return err
-		}
-		if y, err = tensorFromFloats(randn(rows*out), []int64{rows, out}); err != nil {
-			return err
-		}
-		if r, err = tensorFromFloats(randn(rows*out), []int64{rows, out}); err != nil {
-			return err
-		}
 		for p := 0; p < 2; p++ {
 			pr := make([]int64, 0, n)
 			for k := 0; k < n/2; k++ {
@@ -202,7 +182,7 @@ func BenchmarkSparseDelta(b *testing.B) {
 			if err != nil {
 				return err
 			}
-			vt, err := tensorFromFloats(randn(n/2), []int64{n / 2})
+			vt, err := tensorFromFloats(normals(rng, n/2), []int64{n / 2})
 			if err != nil {
 				return err
 			}
@@ -476,33 +456,16 @@ func randomParts(rng *rand.Rand, out, in int, sizes ...int) (pairs [][]int64, va
 // it, forward and backward (x, entries), in fp32 and under bf16 autocast, both ways:
 // "add" is linear(x, W) plus the op adding S·x (and its share of ∂/∂x), "weight" is
 // linear(x, W + S) with W + S made per step (sparseWeight) and the op giving only the
-// entries' gradients; "dense" is linear(x, W) alone, the cost without the delta. 8 images of 197 tokens, q/k/v weight [2304, 768], 450 entries
-// (an SPT plan at ~0.4M gives its 40 sparse matrices ~18,000).
+// entries' gradients; "dense" is linear(x, W) alone, the cost without the delta. 8
+// images of 197 tokens, q/k/v weight [2304, 768], 450 entries (an SPT plan at ~0.4M
+// gives its 40 sparse matrices ~18,000).
 func BenchmarkSparseLinear(b *testing.B) {
 	const rows, in, out, n = 8 * 197, 768, 2304, 450
 	rng := rand.New(rand.NewPCG(3, 4))
-	randn := func(k int) []float32 {
-		v := make([]float32, k)
-		for i := range v {
-			v[i] = float32(rng.NormFloat64())
-		}
-		return v
-	}
-	var x, w, r, pt, vt *ts.Tensor
+	x, w, r := benchLayer(b, rng, rows, in, out, true)
+	var pt, vt *ts.Tensor
 	onTorch(b, func() error {
 		var err error
-		if x, err = tensorFromFloats(randn(rows*in), []int64{rows, in}); err != nil {
-			return err
-		}
-		if err := x.RequiresGrad_(true); err != nil {
-			return err
-		}
-		if w, err = tensorFromFloats(randn(out*in), []int64{out, in}); err != nil {
-			return err
-		}
-		if r, err = tensorFromFloats(randn(rows*out), []int64{rows, out}); err != nil {
-			return err
-		}
 		pr := make([]int64, 0, 2*n)
 		for k := 0; k < n; k++ {
 			pr = append(pr, int64(rng.IntN(out)), int64(rng.IntN(in)))
@@ -510,7 +473,7 @@ func BenchmarkSparseLinear(b *testing.B) {
 		if pt, err = tensorFromInt64s(pr, []int64{n, 2}); err != nil {
 			return err
 		}
-		if vt, err = tensorFromFloats(randn(n), []int64{n}); err != nil {
+		if vt, err = tensorFromFloats(normals(rng, n), []int64{n}); err != nil {
 			return err
 		}
 		return vt.RequiresGrad_(true)
@@ -561,4 +524,39 @@ func BenchmarkSparseLinear(b *testing.B) {
 			})
 		}
 	}
+}
+
+// benchLayer makes a benchmark's layer tensors, normal random: x [rows, in] (with a
+// gradient), m (the other operand: the weight [out, in] if weight, else a linear's
+// output [rows, out]) and r [rows, out] (the backward's direction).
+func benchLayer(b *testing.B, rng *rand.Rand, rows, in, out int64, weight bool) (x, m, r *ts.Tensor) {
+	mShape := []int64{rows, out}
+	if weight {
+		mShape = []int64{out, in}
+	}
+	randn := func(k int64) []float32 { return normals(rng, k) }
+	onTorch(b, func() error {
+		var err error
+		if x, err = tensorFromFloats(randn(rows*in), []int64{rows, in}); err != nil {
+			return err
+		}
+		if err := x.RequiresGrad_(true); err != nil {
+			return err
+		}
+		if m, err = tensorFromFloats(randn(mShape[0]*mShape[1]), mShape); err != nil {
+			return err
+		}
+		r, err = tensorFromFloats(randn(rows*out), []int64{rows, out})
+		return err
+	})
+	return x, m, r
+}
+
+// normals returns k standard normal float32 draws.
+func normals(rng *rand.Rand, k int64) []float32 {
+	v := make([]float32, k)
+	for i := range v {
+		v[i] = float32(rng.NormFloat64())
+	}
+	return v
 }
