@@ -64,6 +64,10 @@ func main() {
 		fmt.Fprintln(os.Stderr, "usage: engine [flags] MODEL")
 		os.Exit(2)
 	}
+	if *steps < 1 || *warm < 0 || *batch < 1 {
+		fmt.Fprintln(os.Stderr, "engine: -steps and -batch must be at least 1, -warmup at least 0")
+		os.Exit(2)
+	}
 	pc, err := engine.ChoosePrecision(*precision, engine.CPUInfo())
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "engine:", err)
