@@ -18,6 +18,7 @@ import (
 	"github.com/sptctl/sptctl/engine/torch"
 	"github.com/sptctl/sptctl/inject"
 	"github.com/sptctl/sptctl/internal/fixture"
+	"github.com/sptctl/sptctl/internal/meta"
 	"github.com/sptctl/sptctl/internal/npy"
 	"github.com/sptctl/sptctl/onnxio"
 	"github.com/sptctl/sptctl/onnxio/onnxpb"
@@ -127,14 +128,21 @@ func TestComputeMatchesPyTorch(t *testing.T) {
 
 func itoa(i int) string { return strconv.Itoa(i) }
 
+// threeClassTask is the small task TestReleaseWeights and TestSpillMatchesInMemory
+// score on: Fashion-MNIST classes 0-2, 16 training images, and the fixtures'
+// preprocessing.
+func threeClassTask(t *testing.T) (*data.Split, meta.Preprocess) {
+	t.Helper()
+	ds := fixture.OpenFewShot(t, data.FewShotOptions{Classes: []int{0, 1, 2}, Train: 16, Val: 0, Test: 3, Seed: 1, Out: filepath.Join(t.TempDir(), "task")})
+	split, _ := ds.Split("train")
+	return split, data.DefaultPreprocess(1, 28, 28)
+}
+
 // TestReleaseWeights: with ReleaseWeights the scores are the same, and the model keeps
 // its initializers' names and shapes but no data.
 func TestReleaseWeights(t *testing.T) {
 	const fx = "tv_op14_static"
-	task := filepath.Join(t.TempDir(), "task")
-	ds := fixture.OpenFewShot(t, data.FewShotOptions{Classes: []int{0, 1, 2}, Train: 16, Val: 0, Test: 3, Seed: 1, Out: task})
-	split, _ := ds.Split("train")
-	pre := data.DefaultPreprocess(1, 28, 28)
+	split, pre := threeClassTask(t)
 	w := torch.NewWorker()
 	defer w.Close()
 	var scores [2]Scores
@@ -181,10 +189,7 @@ func TestReleaseWeights(t *testing.T) {
 // is left in the folder, after success or after an error.
 func TestSpillMatchesInMemory(t *testing.T) {
 	const fx = "tv_op14_static"
-	task := filepath.Join(t.TempDir(), "task")
-	ds := fixture.OpenFewShot(t, data.FewShotOptions{Classes: []int{0, 1, 2}, Train: 16, Val: 0, Test: 3, Seed: 1, Out: task})
-	split, _ := ds.Split("train")
-	pre := data.DefaultPreprocess(1, 28, 28)
+	split, pre := threeClassTask(t)
 	m, err := onnxio.Load("../testdata/" + fx + ".onnx")
 	if err != nil {
 		t.Fatal(err)

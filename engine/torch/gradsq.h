@@ -12,8 +12,8 @@ extern "C" {
 // requiring grad) a hook on its gradient accumulator that, while the set is armed,
 // adds the square of the accumulated gradient to a running sum (float, the same
 // shape; made of zeros when the first gradient comes) right after backward stored
-// it, and then frees the gradient. It returns the set (NULL and a message in err on an error); free it
-// with sptctl_gradsq_free.
+// it, and then frees the gradient. It returns the set (NULL and a message in err on
+// an error); free it with sptctl_gradsq_free.
 void *sptctl_gradsq_new(void **params, int n, char *err, int errlen);
 
 // sptctl_gradsq_arm arms (on != 0) or disarms the set's hooks.
