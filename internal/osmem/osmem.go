@@ -30,19 +30,29 @@ func UserTuned() bool { return C.sptctl_user_tuned() != 0 }
 // size of each such block freed, and gives the heap's free top back to the system
 // past twice that: a training step's tensors of a few MB then keep being returned and
 // faulted back in, zero-filled, step after step (vit_b_16 bf16 SPT step: 1.21M minor
-// faults over 6 steps, ~1.3 CPU-s per step, against 0.56M with these settings). The
-// fixed settings: blocks under 32 MiB (every activation of a ViT-B batch) from the
-// heap, 128 MiB of free top kept, the heap grown 64 MiB at a time. Pages not written
-// are not resident, so the peak RSS barely moves (bench/RESULTS-stepcost.md). A
-// setting glibc refuses keeps its default: nothing depends on these but speed and
-// memory.
+// faults over 6 steps, ~1.3 CPU-s per step). The fixed settings: blocks under 32 MiB
+// (every activation of a ViT-B batch) from the heap, grown 64 MiB at a time, and its
+// free top never given back on its own: a backward frees most of a step's
+// activations at once, so any trim threshold below a step's working set (a 128 MiB
+// one was tried) still hands that memory back and faults it in again at the next
+// forward (vit_b_16 bf16 full fine-tuning: ~54,000 minor faults and ~0.2 CPU-s of
+// system time per step with 128 MiB, ~2,000 without trimming). Pages not written are
+// not resident, so the peak RSS does not move; a stage that ends gives its memory
+// back with Release or TrimC, which trim regardless. A setting glibc refuses keeps
+// its default: nothing depends on these but speed and memory.
 func FixThresholds() bool {
+	return setThresholds(32<<20, -1, 64<<20) // glibc: a trim threshold of -1 turns trimming off
+}
+
+// setThresholds sets glibc's mmap threshold, trim threshold and top pad, unless the
+// environment sets any of glibc's malloc variables.
+func setThresholds(mmap, trim, pad int) bool {
 	if UserTuned() {
 		return false
 	}
-	C.mallopt(C.M_MMAP_THRESHOLD, 32<<20)
-	C.mallopt(C.M_TRIM_THRESHOLD, 128<<20)
-	C.mallopt(C.M_TOP_PAD, 64<<20)
+	C.mallopt(C.M_MMAP_THRESHOLD, C.int(mmap))
+	C.mallopt(C.M_TRIM_THRESHOLD, C.int(trim))
+	C.mallopt(C.M_TOP_PAD, C.int(pad))
 	return true
 }
 

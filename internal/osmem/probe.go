@@ -15,3 +15,18 @@ func mappedBlockWith(size int) bool {
 	defer C.free(unsafe.Pointer(p))
 	return C.mallinfo2().hblks > before
 }
+
+// heapKeptAfterFree reports whether the room of n blocks of size bytes, allocated from
+// the heap and freed (the last first, as a backward frees a forward's activations),
+// stays with the heap (mallinfo2's bytes taken from the system) instead of going back
+// to the system.
+func heapKeptAfterFree(n, size int) bool {
+	ps := make([]unsafe.Pointer, n)
+	for i := range ps {
+		ps[i] = C.malloc(C.size_t(size))
+	}
+	for i := len(ps) - 1; i >= 0; i-- {
+		C.free(ps[i])
+	}
+	return C.mallinfo2().arena >= C.size_t(n*size)
+}
