@@ -6,6 +6,7 @@ import "C"
 
 import (
 	"errors"
+	"unsafe"
 
 	lib "github.com/sugarme/gotch/libtch"
 	"github.com/sugarme/gotch/ts"
@@ -15,10 +16,13 @@ import (
 )
 
 // Softmax → MatMul under bfloat16 autocast (attention's probabilities times the values):
-// run as one op (attn.cpp) that computes the same values and gradients but keeps the
-// scores instead of the float32 probabilities and their bfloat16 copy, the memory of
-// one bfloat16 copy of the probabilities per attention layer as PyTorch's autocast. Only
-// for Programs compiled with engine.BF16 (in float32 the two ops share one tensor).
+// run as one op (attn.cpp) that computes what the two ops compute (softmax in float32,
+// probabilities rounded to bfloat16 for the product) but keeps the scores instead of the
+// float32 probabilities and their bfloat16 copy, the memory of one bfloat16 copy of the
+// probabilities per attention layer as PyTorch's autocast, and runs the softmax as one
+// pass over the bfloat16 scores each way instead of libtorch's casts and float32
+// kernels (BenchmarkSoftmaxMatMul). Only for Programs compiled with engine.BF16 (in
+// float32 the two ops share one tensor).
 
 // noAttnFusion turns the fusion off (tests compare against the two ops).
 var noAttnFusion = false
@@ -75,4 +79,28 @@ func softmaxMatMul(x, v *ts.Tensor) (*ts.Tensor, error) {
 		return nil, errors.New(C.GoString(&msg[0]))
 	}
 	return ts.New(lib.Ctensor(out)), nil
+}
+
+// softmaxRowsKernel runs softmaxMatMul's softmax kernel alone (for tests): p =
+// bfloat16(softmax(x)) over the last dimension and, with gp non-nil, softmax's backward
+// gx for the output gradient gp. plain runs the loops of CPUs without AVX-512.
+func softmaxRowsKernel(x, gp *ts.Tensor, plain bool) (p, gx *ts.Tensor, err error) {
+	var msg [256]C.char
+	var cp, cgx unsafe.Pointer
+	var cgp unsafe.Pointer
+	if gp != nil {
+		cgp = gp.Ctensor()
+	}
+	pl := C.int(0)
+	if plain {
+		pl = 1
+	}
+	if C.sptctl_softmax_rows(x.Ctensor(), cgp, pl, &cp, &cgx, &msg[0], C.int(len(msg))) != 0 {
+		return nil, nil, errors.New(C.GoString(&msg[0]))
+	}
+	p = ts.New(lib.Ctensor(cp))
+	if cgx != nil {
+		gx = ts.New(lib.Ctensor(cgx))
+	}
+	return p, gx, nil
 }

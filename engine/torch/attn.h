@@ -13,6 +13,13 @@ extern "C" {
 // NULL and writes a message of at most errlen bytes (NUL-terminated) to err.
 void *sptctl_softmax_matmul(void *x, void *v, char *err, int errlen);
 
+// sptctl_softmax_rows runs the op's softmax kernel alone (for tests): with gp NULL it
+// sets *p to bfloat16(softmax(x)) over the last dimension (x float32 or bfloat16);
+// else also *gx to softmax's backward for the output gradient gp (made bfloat16, of
+// x's shape), in x's dtype. plain != 0 runs the loops of CPUs without AVX-512. It
+// returns 0, or -1 with a message in err as above.
+int sptctl_softmax_rows(void *x, void *gp, int plain, void **p, void **gx, char *err, int errlen);
+
 #ifdef __cplusplus
 }
 #endif
