@@ -90,7 +90,8 @@ type Program interface {
 	// gradients in the trainable initializers. A fixed-batch graph runs in
 	// micro-batches whose gradients add up to those of one batch of n.
 	ForwardBackward(images []float32, labels []int64, n int) (*StepResult, error)
-	// ZeroGrad zeroes the gradients of every trainable initializer.
+	// ZeroGrad clears the gradients of every trainable initializer (Grad reads zeros
+	// until the next backward).
 	ZeroGrad() error
 	// Grad returns a copy of a trainable initializer's gradient (zeros if backward
 	// has not reached it).

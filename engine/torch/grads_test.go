@@ -215,6 +215,39 @@ func TestBackwardParity(t *testing.T) {
 							t.Fatalf("gradient of %s not zero after ZeroGrad", all[0])
 						}
 					}
+					// Dropped, not zeroed: no gradient-sized tensor kept or added to.
+					for _, pname := range all {
+						gt, err := p.gradTensor(pname)
+						if err != nil {
+							return err
+						}
+						if gt != nil {
+							gt.Drop()
+							return fmt.Errorf("%s still has a gradient tensor after ZeroGrad", pname)
+						}
+					}
+					// The next backward's gradients are that batch's alone (dropped, not
+					// added to), and without ZeroGrad the one after adds to them.
+					for k, want := range []float64{1, 2} {
+						if _, err := p.ForwardBackward(x.Float32, labels.Int64, count); err != nil {
+							return err
+						}
+						for _, pname := range all {
+							g, err := p.Grad(pname)
+							if err != nil {
+								return err
+							}
+							if w := got[pname]; w != nil {
+								w2 := make([]float32, len(w))
+								for i := range w {
+									w2[i] = float32(want) * w[i]
+								}
+								if d, nb := diffNorms(g, w2); d > 1e-5*nb+1e-7*scale {
+									t.Errorf("backward %d after ZeroGrad: %s gradient off %.0fx the first by %.3g (norm %.3g)", k+1, pname, want, d, nb)
+								}
+							}
+						}
+					}
 					return nil
 				})
 			})

@@ -143,20 +143,13 @@ func (p *Program) GradSquareSum(name string) ([]float32, error) {
 	return v, nil
 }
 
-// ZeroGrad zeroes the gradients of every trainable initializer.
+// ZeroGrad clears the gradients of every trainable initializer: it drops them (as
+// PyTorch's zero_grad(set_to_none=True)), so the next backward hands each initializer
+// its gradient instead of adding it to zeros; Grad reads zeros until then.
 func (p *Program) ZeroGrad() error {
 	for _, name := range p.trainable {
-		g, err := p.gradTensor(name)
-		if err != nil {
+		if err := dropGrad(p.params[name].t); err != nil {
 			return fmt.Errorf("zero grad %q: %w", name, err)
-		}
-		if g == nil {
-			continue
-		}
-		err = g.Zero_()
-		g.Drop()
-		if err != nil {
-			return fmt.Errorf("zero grad %q: %w", name, torchErr(err))
 		}
 	}
 	return nil
