@@ -243,6 +243,7 @@ func Compile(m *onnxpb.ModelProto, opt engine.Options) (p *Program, err error) {
 	var skip map[*onnxpb.NodeProto]bool
 	if !opt.NoFusion {
 		fused, skip = findFusions(g)
+		findSplitFusions(g, fused, skip)
 		if opt.Precision == engine.BF16 && !noAttnFusion {
 			findAttnFusions(g, p.opset, fused, skip)
 		}

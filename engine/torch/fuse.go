@@ -26,6 +26,8 @@ import (
 //     linear(x, W, b) + the sparse-delta op (fuse_sparse.go).
 //   - under bf16 only: Softmax(last axis) → MatMul  ⇒  one op that keeps the scores
 //     instead of the probabilities (attn.go).
+//   - the Slices of one tensor (a chunk)  ⇒  split, when they tile an axis at run time
+//     (fuse_split.go).
 //
 // Only chains whose intermediate values nothing else reads (and no graph output is)
 // are fused. The fused step takes the place of the chain's last node and is named

@@ -247,105 +247,136 @@ func opSplit(c *nodeCtx) (kernel, error) {
 }
 
 func opSlice(c *nodeCtx) (kernel, error) {
-	aStarts, _ := c.ints("starts")
-	aEnds, _ := c.ints("ends")
-	aAxes, hasAxes := c.ints("axes")
+	sa := newSliceArgs(c)
 	return func(r *runCtx, in []value) ([]value, error) {
-		starts, ends, axes, steps := aStarts, aEnds, aAxes, []int64(nil)
-		if !hasAxes {
-			axes = nil
-		}
-		if c.opset >= 10 {
-			var err error
-			if starts, _, err = optInts(r, in, 1); err != nil {
-				return nil, err
-			}
-			if ends, _, err = optInts(r, in, 2); err != nil {
-				return nil, err
-			}
-			if axes, _, err = optInts(r, in, 3); err != nil {
-				return nil, err
-			}
-			if steps, _, err = optInts(r, in, 4); err != nil {
-				return nil, err
-			}
-		}
-		xs, err := r.Shape(in[0])
+		xs, first, step, count, err := sa.bounds(r, in)
 		if err != nil {
 			return nil, err
 		}
-		if len(starts) != len(ends) || (axes != nil && len(axes) != len(starts)) || (steps != nil && len(steps) != len(starts)) {
-			return nil, fmt.Errorf("starts %v, ends %v, axes %v, steps %v differ in length", starts, ends, axes, steps)
-		}
-		first := make([]int64, len(xs))
-		step := make([]int64, len(xs))
-		count := append([]int64{}, xs...)
-		for d := range step {
-			step[d] = 1
-		}
-		touched := make([]bool, len(xs))
-		for k := range starts {
-			ax := int64(k)
-			if axes != nil {
-				ax = axes[k]
-			}
-			a, err := constfold.NormAxis(ax, len(xs))
-			if err != nil {
-				return nil, err
-			}
-			if touched[a] {
-				return nil, fmt.Errorf("axis %d sliced twice", a)
-			}
-			touched[a] = true
-			st := int64(1)
-			if steps != nil {
-				st = steps[k]
-			}
-			if st == 0 {
-				return nil, errors.New("step 0")
-			}
-			first[a], step[a], count[a] = constfold.SliceRange(starts[k], ends[k], st, xs[a])
-		}
-		if in[0].h != nil {
-			return hostOne(constfold.Slice(in[0].h, first, step, count))
-		}
-		t := in[0].t
-		owned := false
-		for d := range xs {
-			if first[d] == 0 && step[d] == 1 && count[d] == xs[d] {
-				continue
-			}
-			var nt *ts.Tensor
-			if step[d] > 0 {
-				e := first[d] + (count[d]-1)*step[d] + 1
-				if count[d] == 0 {
-					e = first[d]
-				}
-				nt, err = t.Slice(int64(d), []int64{first[d]}, []int64{e}, step[d], false)
-			} else {
-				idx := make([]int64, count[d])
-				for j := range idx {
-					idx[j] = first[d] + int64(j)*step[d]
-				}
-				var it *ts.Tensor
-				if it, err = tensorFromInt64s(idx, []int64{count[d]}); err == nil {
-					nt, err = t.IndexSelect(int64(d), it, false)
-					it.Drop()
-				}
-			}
-			if owned {
-				t.Drop()
-			}
-			if err != nil {
-				return nil, torchErr(err)
-			}
-			t, owned = nt, true
-		}
-		if !owned {
-			return clone(t)
-		}
-		return []value{{t: t}}, nil
+		return applySlice(in[0], xs, first, step, count)
 	}, nil
+}
+
+// sliceArgs are a Slice node's compile-time arguments (attributes before opset 10).
+type sliceArgs struct {
+	starts, ends, axes []int64
+	hasAxes            bool
+	opset              int64
+}
+
+func newSliceArgs(c *nodeCtx) sliceArgs {
+	sa := sliceArgs{opset: c.opset}
+	sa.starts, _ = c.ints("starts")
+	sa.ends, _ = c.ints("ends")
+	sa.axes, sa.hasAxes = c.ints("axes")
+	return sa
+}
+
+// bounds returns the input's shape and, per axis, the slice's first index, step and
+// count.
+func (sa sliceArgs) bounds(r *runCtx, in []value) (xs, first, step, count []int64, err error) {
+	starts, ends, axes, steps := sa.starts, sa.ends, sa.axes, []int64(nil)
+	if !sa.hasAxes {
+		axes = nil
+	}
+	if sa.opset >= 10 {
+		if starts, _, err = optInts(r, in, 1); err != nil {
+			return
+		}
+		if ends, _, err = optInts(r, in, 2); err != nil {
+			return
+		}
+		if axes, _, err = optInts(r, in, 3); err != nil {
+			return
+		}
+		if steps, _, err = optInts(r, in, 4); err != nil {
+			return
+		}
+	}
+	if xs, err = r.Shape(in[0]); err != nil {
+		return
+	}
+	if len(starts) != len(ends) || (axes != nil && len(axes) != len(starts)) || (steps != nil && len(steps) != len(starts)) {
+		err = fmt.Errorf("starts %v, ends %v, axes %v, steps %v differ in length", starts, ends, axes, steps)
+		return
+	}
+	first = make([]int64, len(xs))
+	step = make([]int64, len(xs))
+	count = append([]int64{}, xs...)
+	for d := range step {
+		step[d] = 1
+	}
+	touched := make([]bool, len(xs))
+	for k := range starts {
+		ax := int64(k)
+		if axes != nil {
+			ax = axes[k]
+		}
+		var a int
+		if a, err = constfold.NormAxis(ax, len(xs)); err != nil {
+			return
+		}
+		if touched[a] {
+			err = fmt.Errorf("axis %d sliced twice", a)
+			return
+		}
+		touched[a] = true
+		st := int64(1)
+		if steps != nil {
+			st = steps[k]
+		}
+		if st == 0 {
+			err = errors.New("step 0")
+			return
+		}
+		first[a], step[a], count[a] = constfold.SliceRange(starts[k], ends[k], st, xs[a])
+	}
+	return xs, first, step, count, nil
+}
+
+// applySlice takes from x (shape xs) the elements first[d] + k·step[d], k < count[d],
+// along every axis d.
+func applySlice(x value, xs, first, step, count []int64) ([]value, error) {
+	if x.h != nil {
+		return hostOne(constfold.Slice(x.h, first, step, count))
+	}
+	t := x.t
+	owned := false
+	var err error
+	for d := range xs {
+		if first[d] == 0 && step[d] == 1 && count[d] == xs[d] {
+			continue
+		}
+		var nt *ts.Tensor
+		if step[d] > 0 {
+			e := first[d] + (count[d]-1)*step[d] + 1
+			if count[d] == 0 {
+				e = first[d]
+			}
+			nt, err = t.Slice(int64(d), []int64{first[d]}, []int64{e}, step[d], false)
+		} else {
+			idx := make([]int64, count[d])
+			for j := range idx {
+				idx[j] = first[d] + int64(j)*step[d]
+			}
+			var it *ts.Tensor
+			if it, err = tensorFromInt64s(idx, []int64{count[d]}); err == nil {
+				nt, err = t.IndexSelect(int64(d), it, false)
+				it.Drop()
+			}
+		}
+		if owned {
+			t.Drop()
+		}
+		if err != nil {
+			return nil, torchErr(err)
+		}
+		t, owned = nt, true
+	}
+	if !owned {
+		return clone(t)
+	}
+	return []value{{t: t}}, nil
 }
 
 func opGather(c *nodeCtx) (kernel, error) {

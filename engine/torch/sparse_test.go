@@ -363,9 +363,7 @@ func TestSparseDeltaBF16SameAsFloat32(t *testing.T) {
 	toBF16 := func(v []float32) []float32 { // round to nearest even, as libtorch does
 		o := make([]float32, len(v))
 		for k, f := range v {
-			b := math.Float32bits(f)
-			b += 0x7fff + (b>>16)&1
-			o[k] = math.Float32frombits(b &^ 0xffff)
+			o[k] = bf16Round(float64(f))
 		}
 		return o
 	}
