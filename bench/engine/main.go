@@ -43,6 +43,7 @@ import (
 	"github.com/sptctl/sptctl/engine"
 	"github.com/sptctl/sptctl/engine/torch"
 	"github.com/sptctl/sptctl/internal/meta"
+	"github.com/sptctl/sptctl/internal/osmem"
 	"github.com/sptctl/sptctl/onnxio"
 	"github.com/sptctl/sptctl/onnxio/onnxpb"
 	"github.com/sptctl/sptctl/train"
@@ -177,6 +178,7 @@ func run(path, other string, batch, steps, warm, threads int, which string, adam
 	t0 := time.Now()
 	w := torch.NewWorkerThreads(threads)
 	defer w.Close()
+	defer osmem.KeepFreedHeap()() // as sptctl train does around its loop
 	a, err := compile(w, path, batch, which, prec)
 	if err != nil {
 		return err

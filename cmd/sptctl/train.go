@@ -12,6 +12,7 @@ import (
 	"github.com/sptctl/sptctl/data"
 	"github.com/sptctl/sptctl/engine"
 	"github.com/sptctl/sptctl/internal/meta"
+	"github.com/sptctl/sptctl/internal/osmem"
 	"github.com/sptctl/sptctl/onnxio"
 	"github.com/sptctl/sptctl/onnxio/onnxpb"
 	"github.com/sptctl/sptctl/surgery"
@@ -158,6 +159,7 @@ func trainModel(ctx context.Context, log io.Writer, tunable *onnxpb.ModelProto, 
 		fmt.Fprintf(log, "%s has a fixed batch size of %d: each batch of %d runs as micro-batches of %d with gradients accumulated (same result as one batch)\n", path, b, cfg.BatchSize, b)
 	}
 	bar := newProgress(log, "train")
+	restore := osmem.KeepFreedHeap() // each step's activations reused, not faulted in again
 	res, err := train.Fit(ctx, w, prog, trainSplit, valSplit, pre, cfg, func(e train.Event) {
 		if e.Val != nil {
 			fmt.Fprintf(log, "epoch %d/%d: loss %.4f, train top-1 %.2f%%, %s top-1 %.2f%%\n", e.Epoch, e.Epochs, e.Loss, 100*e.Accuracy, valName, 100**e.Val)
@@ -165,6 +167,7 @@ func trainModel(ctx context.Context, log io.Writer, tunable *onnxpb.ModelProto, 
 		}
 		bar.update(e.Step, e.Steps, fmt.Sprintf("epoch %d/%d loss %.4f acc %.1f%% %.0f img/s", e.Epoch, e.Epochs, e.Loss, 100*e.Accuracy, e.ImagesPerSecond))
 	})
+	restore()
 	if err != nil {
 		return nil, nil, err
 	}

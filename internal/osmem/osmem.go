@@ -24,24 +24,40 @@ import "runtime/debug"
 // case FixThresholds and MapLargeAllocs do nothing.
 func UserTuned() bool { return C.sptctl_user_tuned() != 0 }
 
-// FixThresholds fixes glibc malloc's thresholds for training loops and returns
+// FixThresholds fixes glibc malloc's thresholds for libtorch's tensors and returns
 // whether it did (false: the environment sets them). By default glibc serves an
 // allocation above its mmap threshold with its own mmap, raises the threshold to the
 // size of each such block freed, and gives the heap's free top back to the system
 // past twice that: a training step's tensors of a few MB then keep being returned and
 // faulted back in, zero-filled, step after step (vit_b_16 bf16 SPT step: 1.21M minor
-// faults over 6 steps, ~1.3 CPU-s per step). The fixed settings: blocks under 32 MiB
-// (every activation of a ViT-B batch) from the heap, grown 64 MiB at a time, and its
-// free top never given back on its own: a backward frees most of a step's
-// activations at once, so any trim threshold below a step's working set (a 128 MiB
-// one was tried) still hands that memory back and faults it in again at the next
-// forward (vit_b_16 bf16 full fine-tuning: ~54,000 minor faults and ~0.2 CPU-s of
-// system time per step with 128 MiB, ~2,000 without trimming). Pages not written are
-// not resident, so the peak RSS does not move; a stage that ends gives its memory
-// back with Release or TrimC, which trim regardless. A setting glibc refuses keeps
-// its default: nothing depends on these but speed and memory.
+// faults over 6 steps, ~1.3 CPU-s per step, against 0.56M with these settings). The
+// fixed settings: blocks under 32 MiB (every activation of a ViT-B batch) from the
+// heap, 128 MiB of free top kept, the heap grown 64 MiB at a time. Pages not written
+// are not resident, so the peak RSS barely moves (bench/RESULTS-stepcost.md). A
+// training loop turns trimming off altogether with KeepFreedHeap. A setting glibc
+// refuses keeps its default: nothing depends on these but speed and memory.
 func FixThresholds() bool {
-	return setThresholds(32<<20, -1, 64<<20) // glibc: a trim threshold of -1 turns trimming off
+	return setThresholds(32<<20, trimThreshold, 64<<20)
+}
+
+// trimThreshold is FixThresholds' free top kept by the heap.
+const trimThreshold = 128 << 20
+
+// KeepFreedHeap stops glibc from giving the heap's free top back to the system, for a
+// training loop, and returns the function that restores FixThresholds' threshold
+// (both do nothing when the environment sets glibc's malloc variables). A backward
+// frees most of a step's activations at once, so any finite threshold below a step's
+// working set still hands that memory back and the next forward faults it in again,
+// zero-filled (vit_b_16 bf16 full fine-tuning: ~54,000 minor faults and ~0.2 CPU-s of
+// system time per step with 128 MiB, ~2,000 without trimming). Outside a loop the
+// kept memory would only raise the next stage's peak (export --merge of vit_b_16: 1012
+// MiB against 893), hence the restore.
+func KeepFreedHeap() (restore func()) {
+	if UserTuned() {
+		return func() {}
+	}
+	C.mallopt(C.M_TRIM_THRESHOLD, -1) // glibc: -1 turns trimming off
+	return func() { C.mallopt(C.M_TRIM_THRESHOLD, trimThreshold) }
 }
 
 // setThresholds sets glibc's mmap threshold, trim threshold and top pad, unless the

@@ -100,10 +100,12 @@ func TestMain(m *testing.M) {
 		changed = FixThresholds()
 	case "map":
 		changed = MapLargeAllocs(1 << 20)
-	case "trim128":
-		// The thresholds FixThresholds set before it stopped trimming: the control
-		// that shows the probe sees a trim.
-		changed = setThresholds(32<<20, 128<<20, 64<<20)
+	case "keep":
+		changed = FixThresholds()
+		KeepFreedHeap()
+	case "restore":
+		changed = FixThresholds()
+		KeepFreedHeap()()
 	default:
 		fmt.Fprintf(os.Stderr, "unknown scenario %q\n", scenario)
 		os.Exit(2)
@@ -139,15 +141,22 @@ func TestEnvironmentWins(t *testing.T) {
 	}
 }
 
-// TestHeapKeptBetweenSteps: with FixThresholds the heap keeps the room of 192 MiB of
-// freed blocks (a training step's activations, freed by its backward, are needed again
-// by the next forward); with the 128 MiB trim threshold it had before, glibc gives
-// that room back as the blocks are freed.
+// TestHeapKeptBetweenSteps: after KeepFreedHeap the heap keeps the room of 192 MiB
+// of freed blocks (a training step's activations, freed by its backward, are needed
+// again by the next forward); with FixThresholds' 128 MiB trim threshold, and again
+// once KeepFreedHeap's restore ran, glibc gives that room back as the blocks are freed.
 func TestHeapKeptBetweenSteps(t *testing.T) {
-	if got := probe(t, "fix"); got != "changed=true mapped=false kept=true" {
-		t.Errorf("FixThresholds: %s, want changed=true mapped=false kept=true", got)
+	for _, c := range []struct{ scenario, want string }{
+		{"keep", "changed=true mapped=false kept=true"},
+		{"fix", "changed=true mapped=false kept=false"},
+		{"restore", "changed=true mapped=false kept=false"},
+	} {
+		if got := probe(t, c.scenario); got != c.want {
+			t.Errorf("%s: %s, want %s", c.scenario, got, c.want)
+		}
 	}
-	if got := probe(t, "trim128"); got != "changed=true mapped=false kept=false" {
-		t.Errorf("control, trim threshold 128 MiB: %s, want changed=true mapped=false kept=false", got)
+	// The environment wins: with MALLOC_TRIM_THRESHOLD_ set, KeepFreedHeap leaves it.
+	if got := probe(t, "keep", "MALLOC_TRIM_THRESHOLD_=1048576", "MALLOC_MMAP_THRESHOLD_=33554432"); got != "changed=false mapped=false kept=false" {
+		t.Errorf("keep under MALLOC_TRIM_THRESHOLD_=1 MiB: %s, want changed=false mapped=false kept=false", got)
 	}
 }
