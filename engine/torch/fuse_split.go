@@ -54,7 +54,7 @@ func findSplitFusions(g *onnxpb.GraphProto, fused map[*onnxpb.NodeProto]*fusion,
 		last := 0
 		ok := true
 		for _, s := range group {
-			ok = ok && s.GetOpType() == "Slice" && (s.GetDomain() == "" || s.GetDomain() == "ai.onnx") &&
+			ok = ok && (s.GetDomain() == "" || s.GetDomain() == "ai.onnx") &&
 				!skip[s] && fused[s] == nil && len(s.GetInput()) >= 1 && len(s.GetInput()) <= 5 &&
 				s.GetInput()[0] == x && len(s.GetOutput()) == 1 && out0(s) != "" &&
 				!slices.Contains(s.GetInput()[1:], x)
@@ -90,21 +90,16 @@ func opSplitSlices(c *nodeCtx, parts []*onnxpb.NodeProto) (kernel, error) {
 		args[k] = newSliceArgs(&nodeCtx{n: s, name: s.GetName(), opset: c.opset})
 	}
 	return func(r *runCtx, in []value) ([]value, error) {
-		type bound struct{ xs, first, step, count []int64 }
-		bs := make([]bound, len(parts))
+		bs := make([]sliceBounds, len(parts))
 		for k := range parts {
-			sub := append([]value{in[0]}, in[1+4*k:1+4*k+4]...)
-			var b bound
-			var err error
-			if b.xs, b.first, b.step, b.count, err = args[k].bounds(r, sub); err != nil {
+			b, err := args[k].bounds(r, append([]value{in[0]}, in[1+4*k:1+4*k+4]...))
+			if err != nil {
 				return nil, err
 			}
 			bs[k] = b
 		}
 		if in[0].t != nil {
-			if axis, sizes, order := tiling(bs[0].xs, func(k int) ([]int64, []int64, []int64) {
-				return bs[k].first, bs[k].step, bs[k].count
-			}, len(parts)); axis >= 0 {
+			if axis, sizes, order := tiling(bs); axis >= 0 {
 				pieces, err := in[0].t.SplitWithSizes(sizes, int64(axis))
 				if err != nil {
 					return nil, torchErr(err)
@@ -118,10 +113,12 @@ func opSplitSlices(c *nodeCtx, parts []*onnxpb.NodeProto) (kernel, error) {
 		}
 		out := make([]value, len(parts))
 		for k, b := range bs {
-			v, err := applySlice(in[0], b.xs, b.first, b.step, b.count)
+			v, err := applySlice(in[0], b)
 			if err != nil {
 				for _, o := range out[:k] {
-					o.t.Drop()
+					if o.t != nil {
+						o.t.Drop()
+					}
 				}
 				return nil, err
 			}
@@ -131,19 +128,17 @@ func opSplitSlices(c *nodeCtx, parts []*onnxpb.NodeProto) (kernel, error) {
 	}, nil
 }
 
-// tiling reports whether n slices of a tensor of shape xs (slice k: part(k)'s first
-// index, step and count per axis) cover one axis exactly with step 1 and leave every
-// other axis whole: it returns that axis, the parts' sizes in order along it and the
-// slices in that order; axis -1 if not.
-func tiling(xs []int64, part func(k int) (first, step, count []int64), n int) (axis int, sizes []int64, order []int) {
+// tiling reports whether slices of one tensor cover one axis exactly with step 1 and
+// leave every other axis whole: it returns that axis, the parts' sizes in order along
+// it and the slices in that order; axis -1 if not.
+func tiling(parts []sliceBounds) (axis int, sizes []int64, order []int) {
 	axis = -1
-	for k := 0; k < n; k++ {
-		first, step, count := part(k)
-		for d := range xs {
-			if first[d] == 0 && step[d] == 1 && count[d] == xs[d] {
+	for _, b := range parts {
+		for d := range b.xs {
+			if b.first[d] == 0 && b.step[d] == 1 && b.count[d] == b.xs[d] {
 				continue
 			}
-			if axis >= 0 && d != axis || step[d] != 1 || count[d] <= 0 {
+			if axis >= 0 && d != axis || b.step[d] != 1 || b.count[d] <= 0 {
 				return -1, nil, nil
 			}
 			axis = d
@@ -152,22 +147,20 @@ func tiling(xs []int64, part func(k int) (first, step, count []int64), n int) (a
 	if axis < 0 {
 		return -1, nil, nil // every slice whole: nothing to split
 	}
-	order = make([]int, n)
+	order = make([]int, len(parts))
 	for k := range order {
 		order[k] = k
 	}
-	firstOf := func(k int) int64 { f, _, _ := part(k); return f[axis] }
-	countOf := func(k int) int64 { _, _, c := part(k); return c[axis] }
-	slices.SortFunc(order, func(a, b int) int { return int(firstOf(a) - firstOf(b)) })
+	slices.SortFunc(order, func(a, b int) int { return int(parts[a].first[axis] - parts[b].first[axis]) })
 	next := int64(0)
 	for _, k := range order {
-		if firstOf(k) != next {
+		if parts[k].first[axis] != next {
 			return -1, nil, nil
 		}
-		sizes = append(sizes, countOf(k))
-		next += countOf(k)
+		sizes = append(sizes, parts[k].count[axis])
+		next += parts[k].count[axis]
 	}
-	if next != xs[axis] {
+	if next != parts[0].xs[axis] {
 		return -1, nil, nil
 	}
 	return axis, sizes, order

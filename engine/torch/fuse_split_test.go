@@ -42,9 +42,9 @@ func TestSplitSlicesSameAsSlices(t *testing.T) {
 // nothing else.
 func TestTiling(t *testing.T) {
 	xs := []int64{2, 6}
-	type sl struct{ first, step, count []int64 }
+	type sl = sliceBounds
 	col := func(first, step, count int64) sl {
-		return sl{[]int64{0, first}, []int64{1, step}, []int64{2, count}}
+		return sl{xs, []int64{0, first}, []int64{1, step}, []int64{2, count}}
 	}
 	for _, c := range []struct {
 		name  string
@@ -60,13 +60,11 @@ func TestTiling(t *testing.T) {
 		{"short of the end", []sl{col(0, 1, 2), col(2, 1, 3)}, -1, nil, nil},
 		{"step 2", []sl{col(0, 2, 3), col(1, 2, 3)}, -1, nil, nil},
 		{"empty part", []sl{col(0, 1, 6), col(6, 1, 0)}, -1, nil, nil},
-		{"two axes", []sl{col(0, 1, 3), {[]int64{1, 3}, []int64{1, 1}, []int64{1, 3}}}, -1, nil, nil},
-		{"rows", []sl{{[]int64{1, 0}, []int64{1, 1}, []int64{1, 6}}, {[]int64{0, 0}, []int64{1, 1}, []int64{1, 6}}}, 0, []int64{1, 1}, []int{1, 0}},
+		{"two axes", []sl{col(0, 1, 3), {xs, []int64{1, 3}, []int64{1, 1}, []int64{1, 3}}}, -1, nil, nil},
+		{"rows", []sl{{xs, []int64{1, 0}, []int64{1, 1}, []int64{1, 6}}, {xs, []int64{0, 0}, []int64{1, 1}, []int64{1, 6}}}, 0, []int64{1, 1}, []int{1, 0}},
 		{"all whole", []sl{col(0, 1, 6), col(0, 1, 6)}, -1, nil, nil},
 	} {
-		axis, sizes, order := tiling(xs, func(k int) ([]int64, []int64, []int64) {
-			return c.parts[k].first, c.parts[k].step, c.parts[k].count
-		}, len(c.parts))
+		axis, sizes, order := tiling(c.parts)
 		if axis != c.axis || !slices.Equal(sizes, c.sizes) || !slices.Equal(order, c.order) {
 			t.Errorf("%s: axis %d, sizes %v, order %v; want %d, %v, %v", c.name, axis, sizes, order, c.axis, c.sizes, c.order)
 		}

@@ -249,11 +249,11 @@ func opSplit(c *nodeCtx) (kernel, error) {
 func opSlice(c *nodeCtx) (kernel, error) {
 	sa := newSliceArgs(c)
 	return func(r *runCtx, in []value) ([]value, error) {
-		xs, first, step, count, err := sa.bounds(r, in)
+		b, err := sa.bounds(r, in)
 		if err != nil {
 			return nil, err
 		}
-		return applySlice(in[0], xs, first, step, count)
+		return applySlice(in[0], b)
 	}, nil
 }
 
@@ -272,37 +272,41 @@ func newSliceArgs(c *nodeCtx) sliceArgs {
 	return sa
 }
 
-// bounds returns the input's shape and, per axis, the slice's first index, step and
-// count.
-func (sa sliceArgs) bounds(r *runCtx, in []value) (xs, first, step, count []int64, err error) {
+// sliceBounds is what a Slice takes of its input: the input's shape xs and, per axis,
+// the first index, the step and the count of the elements taken.
+type sliceBounds struct{ xs, first, step, count []int64 }
+
+// bounds returns the Slice's bounds on its input in[0].
+func (sa sliceArgs) bounds(r *runCtx, in []value) (sliceBounds, error) {
 	starts, ends, axes, steps := sa.starts, sa.ends, sa.axes, []int64(nil)
 	if !sa.hasAxes {
 		axes = nil
 	}
 	if sa.opset >= 10 {
+		var err error
 		if starts, _, err = optInts(r, in, 1); err != nil {
-			return
+			return sliceBounds{}, err
 		}
 		if ends, _, err = optInts(r, in, 2); err != nil {
-			return
+			return sliceBounds{}, err
 		}
 		if axes, _, err = optInts(r, in, 3); err != nil {
-			return
+			return sliceBounds{}, err
 		}
 		if steps, _, err = optInts(r, in, 4); err != nil {
-			return
+			return sliceBounds{}, err
 		}
 	}
-	if xs, err = r.Shape(in[0]); err != nil {
-		return
+	xs, err := r.Shape(in[0])
+	if err != nil {
+		return sliceBounds{}, err
 	}
 	if len(starts) != len(ends) || (axes != nil && len(axes) != len(starts)) || (steps != nil && len(steps) != len(starts)) {
-		err = fmt.Errorf("starts %v, ends %v, axes %v, steps %v differ in length", starts, ends, axes, steps)
-		return
+		return sliceBounds{}, fmt.Errorf("starts %v, ends %v, axes %v, steps %v differ in length", starts, ends, axes, steps)
 	}
-	first = make([]int64, len(xs))
-	step = make([]int64, len(xs))
-	count = append([]int64{}, xs...)
+	first := make([]int64, len(xs))
+	step := make([]int64, len(xs))
+	count := append([]int64{}, xs...)
 	for d := range step {
 		step[d] = 1
 	}
@@ -312,13 +316,12 @@ func (sa sliceArgs) bounds(r *runCtx, in []value) (xs, first, step, count []int6
 		if axes != nil {
 			ax = axes[k]
 		}
-		var a int
-		if a, err = constfold.NormAxis(ax, len(xs)); err != nil {
-			return
+		a, err := constfold.NormAxis(ax, len(xs))
+		if err != nil {
+			return sliceBounds{}, err
 		}
 		if touched[a] {
-			err = fmt.Errorf("axis %d sliced twice", a)
-			return
+			return sliceBounds{}, fmt.Errorf("axis %d sliced twice", a)
 		}
 		touched[a] = true
 		st := int64(1)
@@ -326,17 +329,17 @@ func (sa sliceArgs) bounds(r *runCtx, in []value) (xs, first, step, count []int6
 			st = steps[k]
 		}
 		if st == 0 {
-			err = errors.New("step 0")
-			return
+			return sliceBounds{}, errors.New("step 0")
 		}
 		first[a], step[a], count[a] = constfold.SliceRange(starts[k], ends[k], st, xs[a])
 	}
-	return xs, first, step, count, nil
+	return sliceBounds{xs, first, step, count}, nil
 }
 
-// applySlice takes from x (shape xs) the elements first[d] + k·step[d], k < count[d],
-// along every axis d.
-func applySlice(x value, xs, first, step, count []int64) ([]value, error) {
+// applySlice takes from x the elements b.first[d] + k·b.step[d], k < b.count[d], along
+// every axis d.
+func applySlice(x value, b sliceBounds) ([]value, error) {
+	xs, first, step, count := b.xs, b.first, b.step, b.count
 	if x.h != nil {
 		return hostOne(constfold.Slice(x.h, first, step, count))
 	}
