@@ -30,6 +30,7 @@
 #include <cstring>
 #include <exception>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "attn.h"
@@ -184,31 +185,39 @@ bool haveAVX512() {
 
 int64_t rowGrain(int64_t n) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(n, 1)); }
 
-// softmaxRows returns p = bfloat16(softmax(x)) over the last dimension of x (contiguous,
-// float32 or bfloat16), with the AVX-512 kernel if wide.
-at::Tensor softmaxRows(const at::Tensor &x, bool wide = haveAVX512()) {
-  auto p = at::empty(x.sizes(), x.options().dtype(at::kBFloat16));
+// forRows calls row(xr, o, e) for every row of x (contiguous, float32 or bfloat16: xr
+// points to the row in x's dtype, o is its offset) in parallel, e being a float32
+// scratch row of the calling thread.
+template <typename F> void forRows(const at::Tensor &x, F row) {
   const int64_t n = x.size(-1), rows = n == 0 ? 0 : x.numel() / n;
-  auto run = [&](auto zero) {
-    using T = decltype(zero);
-    const T *xp = x.data_ptr<T>();
-    at::BFloat16 *pp = p.data_ptr<at::BFloat16>();
+  auto run = [&](const auto *xp) {
     at::parallel_for(0, rows, rowGrain(n), [&](int64_t r0, int64_t r1) {
       std::vector<float> e(n);
       for (int64_t r = r0; r < r1; r++) {
-        if (wide) {
-          forwardRow512(pp + r * n, e.data(), xp + r * n, n);
-        } else {
-          forwardRowPlain(pp + r * n, e.data(), xp + r * n, n);
-        }
+        row(xp + r * n, r * n, e.data());
       }
     });
   };
   if (x.scalar_type() == at::kBFloat16) {
-    run(at::BFloat16());
+    run(x.data_ptr<at::BFloat16>());
   } else {
-    run(0.0f);
+    run(x.data_ptr<float>());
   }
+}
+
+// softmaxRows returns p = bfloat16(softmax(x)) over the last dimension of x (contiguous,
+// float32 or bfloat16), with the AVX-512 kernel if wide.
+at::Tensor softmaxRows(const at::Tensor &x, bool wide = haveAVX512()) {
+  auto p = at::empty(x.sizes(), x.options().dtype(at::kBFloat16));
+  at::BFloat16 *pp = p.data_ptr<at::BFloat16>();
+  const int64_t n = x.size(-1);
+  forRows(x, [&](const auto *xr, int64_t o, float *e) {
+    if (wide) {
+      forwardRow512(pp + o, e, xr, n);
+    } else {
+      forwardRowPlain(pp + o, e, xr, n);
+    }
+  });
   return p;
 }
 
@@ -219,30 +228,19 @@ std::pair<at::Tensor, at::Tensor> softmaxBackwardRows(const at::Tensor &x, const
                                                       bool wide = haveAVX512()) {
   auto pb = at::empty(x.sizes(), x.options().dtype(at::kBFloat16));
   auto gx = at::empty(x.sizes(), x.options());
-  const int64_t n = x.size(-1), rows = n == 0 ? 0 : x.numel() / n;
-  auto run = [&](auto zero) {
-    using T = decltype(zero);
-    const T *xp = x.data_ptr<T>();
-    T *gxp = gx.data_ptr<T>();
-    const at::BFloat16 *gpp = gp.data_ptr<at::BFloat16>();
-    at::BFloat16 *pbp = pb.data_ptr<at::BFloat16>();
-    at::parallel_for(0, rows, rowGrain(n), [&](int64_t r0, int64_t r1) {
-      std::vector<float> e(n);
-      for (int64_t r = r0; r < r1; r++) {
-        const int64_t o = r * n;
-        if (wide) {
-          backwardRow512(pbp + o, gxp + o, e.data(), xp + o, gpp + o, n);
-        } else {
-          backwardRowPlain(pbp + o, gxp + o, e.data(), xp + o, gpp + o, n);
-        }
-      }
-    });
-  };
-  if (x.scalar_type() == at::kBFloat16) {
-    run(at::BFloat16());
-  } else {
-    run(0.0f);
-  }
+  const at::BFloat16 *gpp = gp.data_ptr<at::BFloat16>();
+  at::BFloat16 *pbp = pb.data_ptr<at::BFloat16>();
+  void *gxp = gx.data_ptr();
+  const int64_t n = x.size(-1);
+  forRows(x, [&](const auto *xr, int64_t o, float *e) {
+    using T = std::remove_const_t<std::remove_pointer_t<decltype(xr)>>; // x's dtype, gx's too
+    T *gxr = static_cast<T *>(gxp) + o;
+    if (wide) {
+      backwardRow512(pbp + o, gxr, e, xr, gpp + o, n);
+    } else {
+      backwardRowPlain(pbp + o, gxr, e, xr, gpp + o, n);
+    }
+  });
   return {pb, gx};
 }
 
