@@ -342,22 +342,12 @@ func TestSoftmaxRowKernel(t *testing.T) {
 						t   *ts.Tensor
 						dst *[]float32
 					}{{x, &xs}, {g, &gs}, {p, &ps}, {gx, &gxs}} {
-						f, err := c.t.Totype(gotch.Float, false)
-						if err != nil {
-							return err
-						}
-						*c.dst, err = copyFloats(f)
-						f.Drop()
-						if err != nil {
+						var err error
+						if *c.dst, err = floatsOf(c.t); err != nil {
 							return err
 						}
 					}
-					fwd, err := p1.Totype(gotch.Float, false)
-					if err != nil {
-						return err
-					}
-					defer fwd.Drop()
-					pf, err := copyFloats(fwd)
+					pf, err := floatsOf(p1)
 					if err != nil {
 						return err
 					}

@@ -278,19 +278,6 @@ func TestSparseDeltaBF16SameAsFloat32(t *testing.T) {
 				}
 				return f.Totype(dt, true)
 			}
-			asFloats := func(t *ts.Tensor) ([]float32, error) {
-				d, err := t.Detach(false)
-				if err != nil {
-					return nil, err
-				}
-				defer d.Drop()
-				f, err := d.Totype(gotch.Float, false)
-				if err != nil {
-					return nil, err
-				}
-				defer f.Drop()
-				return copyFloats(f)
-			}
 			xt, err := mk(x, []int64{rows / 2, 2, in}, xType, roundX)
 			if err != nil {
 				return err
@@ -330,7 +317,7 @@ func TestSparseDeltaBF16SameAsFloat32(t *testing.T) {
 			if err := backwardOfWeightedSum(z, rt); err != nil {
 				return err
 			}
-			if res.y, err = asFloats(z); err != nil {
+			if res.y, err = floatsOf(z); err != nil {
 				return err
 			}
 			g, err := xt.Grad(false)
@@ -341,7 +328,7 @@ func TestSparseDeltaBF16SameAsFloat32(t *testing.T) {
 			if g.DType() != xType {
 				return fmt.Errorf("∂/∂x %v, want x's %v", g.DType(), xType)
 			}
-			if res.dx, err = asFloats(g); err != nil {
+			if res.dx, err = floatsOf(g); err != nil {
 				return err
 			}
 			for _, vt := range vts {
@@ -557,4 +544,19 @@ func normals(rng *rand.Rand, k int64) []float32 {
 		v[i] = float32(rng.NormFloat64())
 	}
 	return v
+}
+
+// floatsOf copies a tensor's values (detached, as float32) into Go memory.
+func floatsOf(t *ts.Tensor) ([]float32, error) {
+	d, err := t.Detach(false)
+	if err != nil {
+		return nil, err
+	}
+	defer d.Drop()
+	f, err := d.Totype(gotch.Float, false)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Drop()
+	return copyFloats(f)
 }

@@ -85,12 +85,7 @@ func TestSparseWeightSameAsDenseSum(t *testing.T) {
 				}
 				defer weff.Drop()
 				dtype = weff.DType()
-				f, err := weff.Totype(gotch.Float, false)
-				if err != nil {
-					return err
-				}
-				defer f.Drop()
-				if got, err = copyFloats(f); err != nil {
+				if got, err = floatsOf(weff); err != nil {
 					return err
 				}
 				d, err := tensorFromFloats(dense, []int64{out, in})
@@ -104,12 +99,7 @@ func TestSparseWeightSameAsDenseSum(t *testing.T) {
 						return err
 					}
 					defer b.Drop()
-					bd, err := b.Totype(gotch.Float, false)
-					if err != nil {
-						return err
-					}
-					defer bd.Drop()
-					want, err = copyFloats(bd)
+					want, err = floatsOf(b)
 					return err
 				}
 				want, err = copyFloats(d)
